@@ -1,0 +1,221 @@
+"""FID benchmarks: the exact Fréchet step vs scipy.linalg.sqrtm, feature extraction
+speed vs a naive baseline, and (--report) reference FIDs of the cat_face data.
+
+    python benchmarks/bench_fid.py                      # (a) + (b)
+    python benchmarks/bench_fid.py --report             # + halves of val, val vs train
+    python benchmarks/bench_fid.py --skip-scipy         # sqrtm takes ~100 s per call
+
+`run(args) -> dict` returns every figure (also printed as it is measured), so
+`benchmarks/run_all.py` can call it.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import scipy.linalg
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from metrics.fid import load_images  # noqa: E402
+from metrics.frechet import compute_statistics, frechet_distance  # noqa: E402
+from metrics.inception import inception_features, load_inception, preprocess  # noqa: E402
+
+CAT_FACE = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "cat_face"
+
+
+def scipy_frechet(mu1, sigma1, mu2, sigma2, eps=1e-6) -> float:
+    """The classic pytorch-fid computation with the general scipy.linalg.sqrtm."""
+    diff = mu1 - mu2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+        if not np.isfinite(covmean).all():
+            offset = np.eye(len(sigma1)) * eps
+            covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean.real))
+
+
+def timed(fn, *args, **kwargs):
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - start
+
+
+class Figures(dict):
+    """A dict of figures that prints each one as it is recorded (long runs log progress)."""
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        text = f"{value:.6g}" if isinstance(value, float) else value
+        print(f"{key}: {text}", flush=True)
+
+
+# ----------------------------------------------------------------------------- (a) Fréchet step
+
+def compare_eigh_backends(sigma: np.ndarray, figures: Figures) -> None:
+    """Time the symmetric eigendecomposition in numpy and torch (float64) at this size."""
+    _, figures["eigh_numpy_s"] = timed(np.linalg.eigh, sigma)
+    _, figures["eigh_torch_s"] = timed(torch.linalg.eigh, torch.from_numpy(sigma))
+    _, figures["eigvalsh_numpy_s"] = timed(np.linalg.eigvalsh, sigma)
+    _, figures["eigvalsh_torch_s"] = timed(torch.linalg.eigvalsh, torch.from_numpy(sigma))
+
+
+def compare_frechet(name: str, stats1, stats2, skip_scipy: bool, figures: Figures) -> float:
+    """Our exact Fréchet distance vs scipy's sqrtm on the same statistics."""
+    ours, figures[f"{name}_frechet_ours_s"] = timed(frechet_distance, *stats1, *stats2)
+    figures[f"{name}_fid"] = ours
+    if not skip_scipy:
+        ref, figures[f"{name}_frechet_scipy_s"] = timed(scipy_frechet, *stats1, *stats2)
+        figures[f"{name}_fid_scipy"] = ref
+        figures[f"{name}_fid_rel_diff"] = abs(ours - ref) / abs(ref)
+        figures[f"{name}_frechet_speedup"] = (figures[f"{name}_frechet_scipy_s"]
+                                             / figures[f"{name}_frechet_ours_s"])
+    return ours
+
+
+# ----------------------------------------------------------------------------- (b) extraction
+
+@torch.inference_mode()
+def compare_extractors(images: torch.Tensor, batch_size: int, figures: Figures) -> None:
+    """ms/image of model variants on the same batches, interleaved batch by batch so that
+    load from other processes hits every variant alike. Wall time and process CPU time
+    (the latter is robust to a shared, oversubscribed machine). 'naive' is the plain
+    eager fp32 NCHW model; 'ours' is what `inception_features` does."""
+    eager = load_inception("cpu")
+    with warnings.catch_warnings():  # both are deprecated; measured to justify not using them
+        warnings.simplefilter("ignore")
+        frozen, optimized = torch.jit.freeze(eager), torch.jit.optimize_for_inference(eager)
+    variants = {
+        "naive": (eager, torch.contiguous_format),
+        "ours_channels_last": (eager, torch.channels_last),
+        "freeze_channels_last": (frozen, torch.channels_last),
+        "optimize_for_inference_channels_last": (optimized, torch.channels_last),
+    }
+    warm = preprocess(images[:batch_size])
+    for model, layout in variants.values():  # the TorchScript executor specialises on the first calls
+        for _ in range(2):
+            model(warm.contiguous(memory_format=layout))
+    wall, cpu = dict.fromkeys(variants, 0.0), dict.fromkeys(variants, 0.0)
+    outputs = {name: [] for name in variants}
+    for start in range(0, len(images), batch_size):
+        batch = preprocess(images[start:start + batch_size])
+        for name, (model, layout) in variants.items():
+            cpu_start = time.process_time()
+            out, took = timed(model, batch.contiguous(memory_format=layout))
+            cpu[name] += time.process_time() - cpu_start
+            wall[name] += took
+            outputs[name].append(out)
+    reference = torch.cat(outputs["naive"])
+    for name in variants:
+        figures[f"extract_{name}_wall_ms_per_image"] = 1000 * wall[name] / len(images)
+        figures[f"extract_{name}_cpu_ms_per_image"] = 1000 * cpu[name] / len(images)
+        figures[f"extract_{name}_wall_speedup_vs_naive"] = wall["naive"] / wall[name]
+        figures[f"extract_{name}_cpu_speedup_vs_naive"] = cpu["naive"] / cpu[name]
+        rel = (torch.cat(outputs[name]) - reference).abs().max() / reference.abs().max()
+        figures[f"extract_{name}_max_rel_diff"] = float(rel)
+
+
+def folder_features(folder: Path, cache_dir: Path, batch_size: int, figures: Figures,
+                    name: str) -> np.ndarray:
+    """Inception features of a folder, cached as .npy so reruns skip the extraction."""
+    cache = cache_dir / f"{name}_features.npy"
+    if cache.is_file():
+        print(f"{name}: features read from {cache}", flush=True)
+        return np.load(cache)
+    images, figures[f"{name}_load_s"] = timed(load_images, folder, num_workers=2)
+    feats, took = timed(inception_features, images, load_inception("cpu"), batch_size)
+    figures[f"{name}_extract_s"] = took
+    figures[f"{name}_images_per_s"] = len(images) / took
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    np.save(cache, feats)
+    return feats
+
+
+def first_images(folder: Path, n: int, cache_dir: Path) -> Path:
+    """A folder of symlinks to the first `n` images of `folder` (stand-in generated set)."""
+    out = cache_dir / f"{folder.name}_first{n}"
+    out.mkdir(parents=True, exist_ok=True)
+    for file in sorted(folder.glob("*.png"))[:n]:
+        if not (out / file.name).exists():
+            (out / file.name).symlink_to(file)
+    return out
+
+
+# ----------------------------------------------------------------------------- driver
+
+def run(args) -> dict:
+    figures = Figures()
+    figures["torch_threads"] = torch.get_num_threads()
+    cache_dir = Path(args.cache_dir)
+    val = Path(args.val)
+
+    # Ground-truth statistics, computed once and cached as an .npz.
+    gt_stats_path = Path(args.gt_stats)
+    if gt_stats_path.is_file():
+        with np.load(gt_stats_path) as data:
+            gt_stats = data["mu"], data["sigma"]
+    else:
+        start = time.perf_counter()
+        val_feats = folder_features(val, cache_dir, args.batch_size, figures, "val")
+        gt_stats = compute_statistics(val_feats)
+        gt_stats_path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(gt_stats_path, mu=gt_stats[0], sigma=gt_stats[1])
+        figures["gt_stats_create_s"] = time.perf_counter() - start
+
+    # (b) End to end: N generated images against the cached ground truth.
+    pred = Path(args.pred) if args.pred else first_images(val, args.n, cache_dir)
+    start = time.perf_counter()
+    images, figures["e2e_load_s"] = timed(load_images, pred, num_workers=2)
+    figures["e2e_images"] = len(images)
+    feats, figures["e2e_extract_s"] = timed(inception_features, images, load_inception("cpu"),
+                                           args.batch_size)
+    figures["e2e_images_per_s"] = len(images) / figures["e2e_extract_s"]
+    pred_stats = compute_statistics(feats)
+    fid, figures["e2e_frechet_s"] = timed(frechet_distance, *pred_stats, *gt_stats)
+    figures["e2e_fid_vs_gt"] = fid
+    figures["e2e_wall_s"] = time.perf_counter() - start
+
+    compare_extractors(images[:args.baseline_images], args.batch_size, figures)
+
+    # (a) The Fréchet step at 2048-d on real Inception statistics.
+    compare_eigh_backends(gt_stats[1], figures)
+    compare_frechet("pred_vs_gt", pred_stats, gt_stats, args.skip_scipy, figures)
+
+    # (c) Reference FIDs of the data itself, for the report.
+    if args.report:
+        val_feats = folder_features(val, cache_dir, args.batch_size, figures, "val")
+        half = len(val_feats) // 2
+        compare_frechet("val_halves", compute_statistics(val_feats[:half]),
+                        compute_statistics(val_feats[half:]), args.skip_scipy, figures)
+        train_feats = folder_features(Path(args.train), cache_dir, args.batch_size, figures, "train")
+        compare_frechet("val_vs_train", compute_statistics(val_feats),
+                        compute_statistics(train_feats), args.skip_scipy, figures)
+    return dict(figures)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pred", help="folder of generated images (default: cat_face/val)")
+    parser.add_argument("--n", type=int, default=747,
+                        help="without --pred: score the first N images of --val")
+    parser.add_argument("--val", default=str(CAT_FACE / "val"))
+    parser.add_argument("--train", default=str(CAT_FACE / "train"))
+    parser.add_argument("--gt-stats", default="/tmp/fid_bench/cat_face_val_stats.npz",
+                        help="cached ground-truth statistics; created from --val if missing")
+    parser.add_argument("--cache-dir", default="/tmp/fid_bench", help="cached Inception features")
+    parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--baseline-images", type=int, default=200,
+                        help="images on which the extractor variants are compared")
+    parser.add_argument("--skip-scipy", action="store_true", help="skip scipy.linalg.sqrtm (~100 s each)")
+    parser.add_argument("--report", action="store_true", help="FID of val halves and val vs train")
+    run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

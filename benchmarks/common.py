@@ -1,0 +1,172 @@
+"""Shared by the benchmark scripts: lab-config models with random weights, timing that
+waits for the device, the machine's matmul peak, FLOP counts and the result table.
+
+Every script puts the repository root on sys.path before importing this, so the
+benchmarks run from any working directory.
+"""
+from __future__ import annotations
+
+import platform
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data import lab_mask, make_synthetic_images, normalization, normalize
+from models.Transformer.attention import fused_is_faster, set_fused
+from models.VQGAN_Transformer import MaskGit
+from utils import autocast, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = {"lab": ("MaskGit.yml", "VQGAN.yml"), "tiny": ("MaskGit_tiny.yml", "VQGAN_tiny.yml")}
+
+
+def add_common_args(p) -> None:
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if present)")
+    p.add_argument("--config", choices=list(CONFIGS), default="lab",
+                   help="model size: the lab's (the reported figures) or tiny (smoke tests)")
+    p.add_argument("--quick", action="store_true", help="fewer repeats and smaller batches")
+
+
+def maskgit_config(config: str = "lab", vq_ckpt: str | Path | None = None) -> dict:
+    """The whole MaskGit config, with the VQGAN config path made absolute; no VQGAN
+    checkpoint by default (an untrained VQGAN: random weights are fine for speed)."""
+    maskgit_yml, vq_yml = CONFIGS[config]
+    cfg = load_config(ROOT / "configs" / maskgit_yml)
+    cfg["model_param"]["VQ_Configs"] = {"VQ_config_path": str(ROOT / "configs" / vq_yml),
+                                        "VQ_CKPT_path": None if vq_ckpt is None else str(vq_ckpt)}
+    return cfg
+
+
+def build_maskgit(device, config: str = "lab", seed: int = 0, vq_ckpt=None) -> MaskGit:
+    """MaskGit with random weights. The [MASK] logit is pushed to ~-30 so the baseline's
+    "sample again if [MASK] is drawn" loop never spins (ours masks it out anyway)."""
+    torch.manual_seed(seed)
+    model = MaskGit(maskgit_config(config, vq_ckpt)["model_param"]).to(device).eval()
+    with torch.no_grad():
+        model.transformer.bias[:, model.mask_token_id] = -30.0
+    return model
+
+
+def masked_batch(model: MaskGit, n: int, device, seed: int = 0):
+    """n generated images normalised (n, 3, R, R) with lab brush masks (n, 1, R, R), 1 = known."""
+    res = model.vq_config["img_resolution"]
+    images = torch.from_numpy(make_synthetic_images(n, res, seed, "test")).permute(0, 3, 1, 2)
+    rng = np.random.default_rng(seed)
+    known = torch.from_numpy(np.stack([lab_mask(rng, res) for _ in range(n)]) > 0)
+    mean, std = normalization(model.vq_config, "test")
+    images = normalize(images.float() / 255, mean, std)
+    return images.to(device), known[:, None].float().to(device)
+
+
+def generated_images(n: int, resolution: int, seed: int = 0) -> torch.Tensor:
+    """uint8 (n, 3, R, R) generated training images."""
+    return torch.from_numpy(make_synthetic_images(n, resolution, seed, "train")).permute(0, 3, 1, 2)
+
+
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device, repeats: int = 1, warmup: int = 1) -> float:
+    """Seconds per call of fn(): the best of `repeats` after `warmup` calls. The best,
+    not the mean, because other jobs share the machine and only ever slow a run down."""
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def matmul_peak(dtype: torch.dtype, device, n: int = 4096, repeats: int = 3) -> float:
+    """Achieved GFLOP/s of one large (n x n) @ (n x n) matmul: this machine's practical peak."""
+    g = torch.Generator(device).manual_seed(0)
+    a = torch.randn(n, n, device=device, generator=g).to(dtype)
+    b = torch.randn(n, n, device=device, generator=g).to(dtype)
+    with torch.inference_mode():
+        return 2 * n ** 3 / timed(lambda: a @ b, device, repeats) / 1e9
+
+
+def transformer_flops(params: dict, batch: int) -> float:
+    """Forward FLOPs of BidirectionalTransformer (matmuls only; norms, GELU and softmax are
+    memory-bound and not counted). Per layer 2N(4d^2 + 2d h) for qkv + proj + MLP and
+    2 * 2N^2 d for QK^T and AV; then 2N d^2 for Token_Prediction and 2N d (K+1) for the logits."""
+    n, d, h = params["num_image_tokens"], params["dim"], params["hidden_dim"]
+    vocab = params["num_codebook_vectors"] + 1
+    layer = 2 * n * (4 * d * d + 2 * d * h) + 2 * 2 * n * n * d
+    return batch * (params["n_layers"] * layer + 2 * n * d * d + 2 * n * d * vocab)
+
+
+def fast_path(model: MaskGit, device, precision: str):
+    """Our inference/training setting: the faster attention kernel on this device for bf16
+    (fused on CUDA, hand-written on CPU) and an autocast context factory."""
+    set_fused(model.transformer, fused_is_faster(device))
+    return lambda: autocast(torch.device(device), precision)
+
+
+def lab_path(model: MaskGit) -> None:
+    """The lab's setting: the hand-written attention (fp32 is the default dtype)."""
+    set_fused(model.transformer, False)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MiB (Linux reports ru_maxrss in KiB)."""
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def machine(device) -> dict:
+    device = torch.device(device)
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        cpu = next(line.split(":", 1)[1].strip() for line in lscpu.splitlines()
+                   if line.startswith("Model name"))
+    except (OSError, subprocess.CalledProcessError, StopIteration):
+        cpu = platform.processor() or "unknown CPU"
+    info = {"cpu": cpu, "cores": torch.multiprocessing.cpu_count(),
+            "torch threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "device": str(device)}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+@dataclass
+class Row:
+    """One figure: ours against the baseline, `higher` says which direction is better."""
+    name: str
+    ours: float
+    baseline: float | None = None
+    unit: str = ""
+    higher: bool = True
+    note: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        if self.baseline is None or not self.ours or not self.baseline:
+            return None
+        return self.ours / self.baseline if self.higher else self.baseline / self.ours
+
+
+def fmt(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.3g}" if abs(x) < 100 else f"{x:.0f}"
+
+
+def table(rows: list[Row]) -> str:
+    """A Markdown table (also readable in a terminal): ratio > 1 means ours is better."""
+    lines = ["| figure | ours | baseline | ratio | unit | note |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = "-" if r.ratio is None else f"{r.ratio:.2f}x"
+        lines.append(f"| {r.name} | {fmt(r.ours)} | {fmt(r.baseline)} | {ratio} | {r.unit} | {r.note} |")
+    return "\n".join(lines)

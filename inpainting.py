@@ -1,0 +1,200 @@
+"""Inpaint masked images with MaskGIT iterative decoding.
+
+    python inpainting.py --load-transformer-ckpt-path checkpoints/transformer/best.pt \\
+        --test-maskedimage-path masked/masked_image --test-mask-path masked/mask64 \\
+        --total-iter 7 --mask-func cosine [--gt-path masked/gt]
+
+Writes, under --out (default: the current folder, as the lab does):
+  test_results/image_{i:03d}.png   final images
+  mask_scheduling/image_{i:03d}.png  token mask after each step (white = decided)
+  imga/image_{i:03d}.png           masked input, then the decoded image at each step
+Step pictures are decoded only for the first --save-steps images.
+`--generate N` samples N images from scratch (every token masked) instead.
+Outpainting is inpainting with border masks: see `python -m data.masks --kind outpaint`.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from data import MaskedImageDataset, denormalize, normalization, to_uint8
+from models.decoding import iterative_decode
+from models.Transformer.attention import fused_is_faster, set_fused
+from models.VQGAN_Transformer import MaskGit
+from utils import (UserError, autocast, check_positive, ensure_writable_dir, load_checkpoint,
+                   load_config, load_weights, resolve_device, run_cli)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if present)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--partial", type=float, default=1.0, help="inpaint this fraction of the set")
+    p.add_argument("--num_workers", type=int, default=0)
+    p.add_argument("--MaskGitConfig", default=None,
+                   help="only for checkpoints that carry no config (the checkpoint's own wins)")
+    p.add_argument("--load-transformer-ckpt-path", required=True)
+    p.add_argument("--test-maskedimage-path", default="masked/masked_image")
+    p.add_argument("--test-mask-path", default="masked/mask64")
+    p.add_argument("--sweet-spot", type=int, default=-1,
+                   help="stop after this many steps; -1 (or >= --total-iter) runs them all")
+    p.add_argument("--total-iter", type=int, default=7)
+    p.add_argument("--mask-func", default=None, help="schedule (default: the config's gamma_type)")
+    p.add_argument("--choice-temperature", type=float, default=None)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: the fast path (every network under bf16 autocast)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=".", help="folder for test_results/, mask_scheduling/, imga/")
+    p.add_argument("--save-steps", type=int, default=1, help="step pictures for the first N images")
+    p.add_argument("--composite", action="store_true", help="paste the known pixels back")
+    p.add_argument("--generate", type=int, default=0, metavar="N", help="sample N images from scratch")
+    p.add_argument("--gt-path", default=None, help="ground truth (folder/.csv/.npz): print the FID")
+    return p.parse_args(argv)
+
+
+def check_schedule_args(total_iter: int, sweet_spot: int) -> None:
+    if total_iter < 1:
+        raise UserError(f"--total-iter {total_iter} must be at least 1")
+    if sweet_spot == 0 or sweet_spot < -1:
+        raise UserError(f"--sweet-spot {sweet_spot} must be -1 (no early stop) or a step count >= 1")
+
+
+def load_maskgit(ckpt_path, config_path=None, device="cpu",
+                 fused_attention: bool | None = None) -> MaskGit:
+    """Rebuild MaskGit from a transformer checkpoint (its stored config, EMA weights if any).
+    `fused_attention` overrides the config's attention kernel (None keeps it)."""
+    ck = load_checkpoint(ckpt_path, device)
+    if "config" in ck and "model" in ck:
+        cfg, state = ck["config"], (ck.get("ema") or ck["model"])
+    elif config_path:
+        cfg, state = load_config(config_path), ck
+    else:
+        raise UserError(f"checkpoint {ckpt_path} carries no config; pass --MaskGitConfig")
+    model = MaskGit(cfg["model_param"], where=str(ckpt_path))
+    load_weights(model.transformer, state, ckpt_path)
+    if fused_attention is not None:
+        set_fused(model.transformer, fused_attention)
+    return model.to(device).eval()
+
+
+def image_generators(indices, seed: int, device) -> list[torch.Generator]:
+    """One generator per image, seeded by its index: results do not depend on batching."""
+    return [torch.Generator(device).manual_seed(seed * 1_000_003 + int(i)) for i in indices]
+
+
+def save_png(array: np.ndarray, path: Path) -> None:
+    Image.fromarray(array).save(path)
+
+
+def step_pictures(model: MaskGit, history, masked01: torch.Tensor, mean, std):
+    """Per image: a strip of token masks and a strip of decoded images, one panel per step."""
+    grid, res = model.vqgan.latent_resolution, masked01.shape[-1]
+    masks = [(tokens != model.mask_token_id) for tokens, _ in history]  # each (B, N) True = decided
+    masks = torch.stack(masks, 1).view(len(masked01), len(history), 1, grid, grid).float()
+    masks = torch.nn.functional.interpolate(masks.flatten(0, 1), size=res, mode="nearest")
+    masks = masks.view(len(masked01), len(history), 1, res, res).expand(-1, -1, 3, -1, -1)
+    decoded = torch.stack([denormalize(model.vqgan.decode_indices(s), mean, std)
+                           for _, s in history], 1)  # (B, T, 3, R, R)
+    decoded = torch.cat([masked01.unsqueeze(1), decoded], 1)
+    strip = lambda x: to_uint8(torch.cat(list(x.unbind(1)), dim=-1))  # (B, H, T*W, 3)
+    return strip(masks), strip(decoded)
+
+
+def inpaint_dataset(model: MaskGit, dataset: MaskedImageDataset, out_dir, total_iter: int = 7,
+                    mask_func: str | None = None, sweet_spot: int = -1, batch_size: int = 32,
+                    seed: int = 0, precision: str = "fp32", save_steps: int = 1,
+                    composite: bool = False, num_workers: int = 0) -> Path:
+    """Inpaint every image of `dataset`; returns the test_results folder."""
+    check_schedule_args(total_iter, sweet_spot)
+    device = next(model.transformer.parameters()).device
+    gamma = model.gamma_func(mask_func) if mask_func else model.gamma
+    mean, std = normalization(model.vq_config, "test")
+    out_dir = Path(out_dir)
+    results = ensure_writable_dir(out_dir / "test_results")
+    if save_steps:
+        ensure_writable_dir(out_dir / "mask_scheduling"), ensure_writable_dir(out_dir / "imga")
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    for images, known, idx in tqdm(loader, desc="inpainting", disable=len(dataset) <= batch_size):
+        images, known = images.to(device), known.to(device)
+        record = bool(save_steps) and int(idx[0]) < save_steps
+        out, _, history = model.inpaint(images, known, total_iter, image_generators(idx, seed, device),
+                                        gamma, sweet_spot, record,
+                                        autocast=lambda: autocast(device, precision))
+        out01 = denormalize(out, mean, std)
+        masked01 = denormalize(images, mean, std)
+        if composite:
+            out01 = torch.where(known.bool(), masked01, out01)
+        for i, img in zip(idx.tolist(), to_uint8(out01)):
+            save_png(img, results / f"image_{i:03d}.png")
+        if record:  # decode the intermediate steps of the requested images only
+            k = min(len(idx), save_steps - int(idx[0]))
+            history = [(t[:k], s[:k]) for t, s in history]
+            masks, decoded = step_pictures(model, history, masked01[:k], mean, std)
+            for j, i in enumerate(idx.tolist()[:k]):
+                save_png(masks[j], out_dir / "mask_scheduling" / f"image_{i:03d}.png")
+                save_png(decoded[j], out_dir / "imga" / f"image_{i:03d}.png")
+    return results
+
+
+@torch.inference_mode()
+def generate(model: MaskGit, n: int, out_dir, total_iter: int = 12, mask_func: str | None = None,
+             batch_size: int = 32, seed: int = 0, precision: str = "fp32") -> Path:
+    """Unconditional samples: start from all [MASK] and decode."""
+    check_schedule_args(total_iter, -1)
+    device = next(model.transformer.parameters()).device
+    gamma = model.gamma_func(mask_func) if mask_func else model.gamma
+    mean, std = normalization(model.vq_config, "test")
+    results = ensure_writable_dir(Path(out_dir) / "test_results")
+    for start in range(0, n, batch_size):
+        idx = range(start, min(n, start + batch_size))
+        tokens = torch.full((len(idx), model.num_image_tokens), model.mask_token_id, device=device)
+        final, _ = iterative_decode(model.transformer, tokens, total_iter, gamma,
+                                    model.choice_temperature, image_generators(idx, seed, device),
+                                    autocast=lambda: autocast(device, precision))
+        with autocast(device, precision):
+            out = model.vqgan.decode_indices(final).float()
+        for i, img in zip(idx, to_uint8(denormalize(out, mean, std))):
+            save_png(img, results / f"image_{i:03d}.png")
+    return results
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    check_schedule_args(args.total_iter, args.sweet_spot)
+    check_positive({"--batch-size": args.batch_size})
+    if args.mask_func:
+        MaskGit.gamma_func(args.mask_func)  # reject an unknown schedule before any work
+    device = resolve_device(args.device)
+    # bf16 is the fast path: autocast everywhere, and the faster attention kernel there
+    fast = args.precision == "bf16" and fused_is_faster(device)
+    model = load_maskgit(args.load_transformer_ckpt_path, args.MaskGitConfig, device,
+                         fused_attention=True if fast else None)
+    if args.choice_temperature is not None:
+        model.choice_temperature = args.choice_temperature
+    ensure_writable_dir(args.out)
+    if args.generate:
+        results = generate(model, args.generate, args.out, args.total_iter, args.mask_func,
+                           args.batch_size, args.seed, args.precision)
+    else:
+        mean, std = normalization(model.vq_config, "test")
+        dataset = MaskedImageDataset(args.test_maskedimage_path, args.test_mask_path,
+                                     model.vq_config["img_resolution"], mean, std)
+        if args.partial < 1.0:
+            dataset = torch.utils.data.Subset(dataset, range(max(1, int(len(dataset) * args.partial))))
+        results = inpaint_dataset(model, dataset, args.out, args.total_iter, args.mask_func,
+                                  args.sweet_spot, args.batch_size, args.seed, args.precision,
+                                  args.save_steps, args.composite, args.num_workers)
+    print(f"wrote {results}")
+    if args.gt_path:
+        from metrics.fid import calculate_fid_given_paths
+        print(f"FID: {calculate_fid_given_paths(str(results), args.gt_path, device=device):.4f}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

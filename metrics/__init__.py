@@ -1,0 +1,1 @@
+"""FID for the suite: the Fréchet maths, the offline Inception, and image loading."""

@@ -1,0 +1,164 @@
+"""FID between two image sets, each given as a folder, a lab CSV or cached statistics.
+
+Layers, each callable on its own:
+    load_images(path)             -> uint8 (N, 3, H, W)
+    statistics_of_images(images)  -> (mu, sigma) of Inception pool3 features
+    statistics_of_path(path)      -> (mu, sigma); an .npz is read, not recomputed
+    save_statistics(path, out)    -> caches (mu, sigma) so a ground truth is read once
+    calculate_fid_given_paths(p1, p2) -> float
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from metrics.frechet import compute_statistics, frechet_distance
+from metrics.inception import FEATURE_DIM, inception_features, load_inception
+from utils import UserError, ensure_writable_dir, resolve_device
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+CSV_IMAGE_SHAPE = (64, 64, 3)  # lab CSV: one image per row, HWC, values 0..255
+
+
+# ----------------------------------------------------------------------------- images
+
+def _read_image(file: Path) -> np.ndarray:
+    try:
+        with Image.open(file) as im:
+            return np.asarray(im.convert("RGB"))  # (H, W, 3) uint8
+    except OSError as e:
+        raise UserError(f"cannot read image {file} ({e}); remove or replace it") from None
+
+
+def load_folder(folder: Path, num_workers: int = 0) -> torch.Tensor:
+    """Images of `folder` (not recursive, sorted by name) as uint8 (N, 3, H, W).
+
+    Images whose size differs from the first one's are resized (bilinear) to it.
+    `num_workers` > 0 decodes in threads (PIL releases the GIL while decoding).
+    """
+    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise UserError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in folder {folder}; "
+                        f"point to a folder of images")
+    if num_workers > 0:
+        with ThreadPoolExecutor(num_workers) as pool:
+            arrays = list(pool.map(_read_image, files))
+    else:
+        arrays = [_read_image(f) for f in files]
+    h, w = arrays[0].shape[:2]
+    odd = [i for i, a in enumerate(arrays) if a.shape[:2] != (h, w)]
+    if odd:
+        warnings.warn(f"{len(odd)} image(s) in {folder} differ in size from {files[0].name} "
+                      f"({w}x{h}), e.g. {files[odd[0]].name}; resized them to {w}x{h}")
+        for i in odd:
+            arrays[i] = np.asarray(Image.fromarray(arrays[i]).resize((w, h), Image.BILINEAR))
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W)
+
+
+def load_csv(file: Path) -> torch.Tensor:
+    """Lab CSV: a header line, then one image per line as 64*64*3 values (HWC, 0..255)."""
+    size = int(np.prod(CSV_IMAGE_SHAPE))
+    rows = []
+    with open(file) as f:
+        next(f, None)  # header
+        for line_no, line in enumerate(f, start=2):
+            if not line.strip():
+                continue
+            try:
+                values = np.array(line.split(","), dtype=np.float64)
+            except ValueError:
+                raise UserError(f"{file} line {line_no}: not all values are numbers; "
+                                f"each row must hold {size} pixel values") from None
+            if values.size != size:
+                raise UserError(f"{file} line {line_no} has {values.size} values, expected "
+                                f"{size} (one 64x64x3 image per row); fix or drop that row")
+            if values.min() < 0 or values.max() > 255:
+                raise UserError(f"{file} line {line_no} has values outside 0..255; "
+                                f"store pixels as 0..255")
+            rows.append(np.rint(values).astype(np.uint8).reshape(CSV_IMAGE_SHAPE))  # (64, 64, 3)
+    if not rows:
+        raise UserError(f"{file} holds no image rows; expected a header line, then one image per row")
+    return torch.from_numpy(np.stack(rows)).permute(0, 3, 1, 2).contiguous()  # (N, 3, 64, 64)
+
+
+def load_images(path: str | Path, num_workers: int = 0) -> torch.Tensor:
+    """uint8 RGB images (N, 3, H, W), N >= 2, from a folder of images or a lab `.csv`."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path} does not exist; pass a folder of images, a .csv or a .npz")
+    if path.suffix.lower() == ".csv":
+        images = load_csv(path)
+    elif path.is_dir():
+        images = load_folder(path, num_workers)
+    else:
+        raise UserError(f"{path} is neither a folder, a .csv nor a .npz of statistics")
+    if len(images) < 2:
+        raise UserError(f"{path} holds {len(images)} image; FID needs at least 2 "
+                        f"(thousands for a meaningful value)")
+    return images
+
+
+# ----------------------------------------------------------------------------- statistics
+
+def statistics_of_images(images: torch.Tensor, device=None, batch_size: int = 50):
+    """(mu (2048,), sigma (2048, 2048)) float64 of the Inception features of uint8 images."""
+    model = load_inception(resolve_device(None if device is None else str(device)))
+    return compute_statistics(inception_features(images, model, batch_size))
+
+
+def _read_npz(path: Path):
+    try:
+        with np.load(path) as data:
+            return data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
+    except KeyError:
+        raise UserError(f"{path} lacks 'mu' or 'sigma'; create it with --save-stats") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is not a readable .npz ({e}); create it with --save-stats") from None
+
+
+def statistics_of_path(path: str | Path, device=None, batch_size: int = 50, num_workers: int = 0):
+    """(mu, sigma) of a folder, a lab .csv, or read from a cached .npz."""
+    path = Path(path)
+    if path.suffix.lower() == ".npz":
+        if not path.is_file():
+            raise UserError(f"statistics file {path} does not exist; create it with --save-stats")
+        return _read_npz(path)
+    return statistics_of_images(load_images(path, num_workers), device, batch_size)
+
+
+def save_statistics(path: str | Path, out_npz: str | Path, device=None,
+                    batch_size: int = 50, num_workers: int = 0):
+    """Compute (mu, sigma) of `path` and write them to `out_npz` (atomically). Returns them."""
+    out_npz = Path(out_npz)
+    if out_npz.suffix != ".npz":
+        raise UserError(f"statistics file {out_npz} must end in .npz")
+    ensure_writable_dir(out_npz.parent)  # before the slow part
+    mu, sigma = statistics_of_path(path, device, batch_size, num_workers)
+    fd, tmp = tempfile.mkstemp(dir=out_npz.parent, prefix=f".{out_npz.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, mu=mu, sigma=sigma)
+        os.replace(tmp, out_npz)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return mu, sigma
+
+
+def calculate_fid_given_paths(path1: str | Path, path2: str | Path, device=None,
+                              batch_size: int = 50, num_workers: int = 0,
+                              dims: int = FEATURE_DIM) -> float:
+    """FID between two image sets; each path is a folder, a lab .csv or a cached .npz."""
+    if dims != FEATURE_DIM:
+        raise UserError(f"dims={dims} is not supported; only the {FEATURE_DIM}-d pool3 "
+                        f"features of the standard FID Inception are")
+    mu1, sigma1 = statistics_of_path(path1, device, batch_size, num_workers)
+    mu2, sigma2 = statistics_of_path(path2, device, batch_size, num_workers)
+    return frechet_distance(mu1, sigma1, mu2, sigma2)

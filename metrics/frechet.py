@@ -1,0 +1,69 @@
+"""The Fréchet distance between two Gaussians, and the statistics it needs.
+
+Pure numpy, float64. No Inception here, so tests can check the maths on known
+Gaussians.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from utils import UserError
+
+
+def compute_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (D,) and covariance (D, D) of `features` (N, D), both float64.
+
+    The covariance is the unbiased one (N - 1 in the denominator), as in pytorch-fid.
+    """
+    features = np.asarray(features, dtype=np.float64)
+    if features.ndim != 2 or features.shape[0] < 2:
+        raise UserError(f"need at least 2 feature vectors of shape (N, D) to estimate a "
+                        f"covariance, got shape {features.shape}; use at least 2 images")
+    return features.mean(axis=0), np.cov(features, rowvar=False)
+
+
+def _symmetric(a: np.ndarray) -> np.ndarray:
+    # Covariances from np.cov or an .npz can be asymmetric by rounding; eigh only
+    # reads one triangle, so make both triangles agree first.
+    a = np.asarray(a, dtype=np.float64)
+    return (a + a.T) / 2
+
+
+def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    """tr(sqrtm(sigma1 @ sigma2)) for symmetric PSD sigma1, sigma2, exactly.
+
+    sigma1 @ sigma2 is not symmetric, but it is similar to the symmetric PSD matrix
+    M = sqrt(sigma1) @ sigma2 @ sqrt(sigma1), so both have the same non-negative
+    eigenvalues and tr(sqrtm(sigma1 @ sigma2)) = sum(sqrt(eig(M))). With
+    sigma1 = U diag(l) U^T, M is orthogonally similar to
+    diag(sqrt(l)) U^T sigma2 U diag(sqrt(l)), which costs one matmul less.
+    Eigenvalues that rounding makes slightly negative (singular covariances,
+    N < D) are clamped to 0.
+    """
+    evals1, evecs1 = np.linalg.eigh(_symmetric(sigma1))
+    root1 = np.sqrt(np.clip(evals1, 0, None))
+    m = root1[:, None] * (evecs1.T @ _symmetric(sigma2) @ evecs1) * root1[None, :]
+    evals = np.linalg.eigvalsh(_symmetric(m))
+    return float(np.sqrt(np.clip(evals, 0, None)).sum())
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray,
+                     mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2):
+
+        d^2 = |mu1 - mu2|^2 + tr(sigma1) + tr(sigma2) - 2 tr(sqrtm(sigma1 @ sigma2))
+
+    computed in float64 through symmetric eigendecompositions (see
+    `trace_sqrt_product`), so singular covariances need no epsilon and there is no
+    complex part to discard. Returns d^2 (what is called "FID"), clamped at 0
+    against rounding.
+    """
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
+        raise UserError(f"statistics do not match: mu {mu1.shape} vs {mu2.shape}, "
+                        f"sigma {sigma1.shape} vs {sigma2.shape}; compute both with the same "
+                        f"feature extractor and dims")
+    diff = mu1 - mu2
+    d = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt_product(sigma1, sigma2)
+    return max(float(d), 0.0)

@@ -1,0 +1,64 @@
+"""VQGAN: encoder -> quant_conv -> codebook -> post_quant_conv -> decoder.
+
+Built from a config with the lab's keys; `VQGAN(**lab_config).state_dict()` has
+exactly the keys and shapes of the lab's pretrained VQGAN.pt.
+"""
+import torch
+import torch.nn as nn
+
+from utils import UserError, require_keys
+from .codebook import Codebook
+from .decoder import Decoder
+from .encoder import Encoder
+
+ARCH_KEYS = ["image_channels", "enc_channels", "dec_channels", "latent_dim", "img_resolution",
+             "latent_resolution", "num_codebook_vectors", "beta"]
+# Keys with the lab's values as defaults, so the lab's VQGAN.yml works unchanged.
+ARCH_DEFAULTS = {"enc_num_res_blocks": 2, "dec_num_res_blocks": 3, "attn_resolutions": [16],
+                 "norm_groups": 32}
+
+
+class VQGAN(nn.Module):
+    def __init__(self, image_channels: int, enc_channels: list[int], dec_channels: list[int],
+                 latent_dim: int, img_resolution: int, latent_resolution: int,
+                 num_codebook_vectors: int, beta: float, enc_num_res_blocks: int = 2,
+                 dec_num_res_blocks: int = 3, attn_resolutions=(16,), norm_groups: int = 32):
+        super().__init__()
+        self.latent_resolution = latent_resolution
+        self.num_codebook_vectors = num_codebook_vectors
+        attn = tuple(attn_resolutions)
+        self.encoder = Encoder(image_channels, enc_channels, latent_dim, img_resolution,
+                               latent_resolution, enc_num_res_blocks, attn, norm_groups)
+        self.decoder = Decoder(image_channels, dec_channels, latent_dim, img_resolution,
+                               latent_resolution, dec_num_res_blocks, attn, norm_groups)
+        self.codebook = Codebook(num_codebook_vectors, latent_dim, beta)
+        self.quant_conv = nn.Conv2d(latent_dim, latent_dim, 1)
+        self.post_quant_conv = nn.Conv2d(latent_dim, latent_dim, 1)
+
+    @classmethod
+    def from_config(cls, cfg: dict, where: str = "VQGAN config") -> "VQGAN":
+        require_keys(cfg, ARCH_KEYS, where)
+        kwargs = {k: cfg[k] for k in ARCH_KEYS}
+        kwargs.update({k: cfg.get(k, v) for k, v in ARCH_DEFAULTS.items()})
+        try:
+            return cls(**kwargs)
+        except (AssertionError, ValueError) as e:
+            raise UserError(f"{where} describes an impossible VQGAN ({e}); "
+                            f"check the channel lists and resolutions") from None
+
+    def encode(self, x: torch.Tensor):
+        """x (B, 3, R, R) normalised -> z_q (B, D, r, r), indices (B, r*r) in [0, K), q_loss."""
+        return self.codebook(self.quant_conv(self.encoder(x)))
+
+    def decode(self, z_q: torch.Tensor) -> torch.Tensor:
+        """z_q (B, D, r, r) -> image (B, 3, R, R) in the normalised space."""
+        return self.decoder(self.post_quant_conv(z_q))
+
+    def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        """indices (B, r*r) in [0, K) -> image (B, 3, R, R)."""
+        r = self.latent_resolution
+        return self.decode(self.codebook.embed(indices, r, r))
+
+    def forward(self, x: torch.Tensor):
+        z_q, indices, q_loss = self.encode(x)
+        return self.decode(z_q), indices, q_loss

@@ -1,0 +1,139 @@
+"""MaskGit: a frozen VQGAN tokenizer plus the bidirectional transformer over its tokens."""
+import contextlib
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from utils import UserError, load_checkpoint, load_config, load_weights, require_keys, resolve_path
+from .decoding import iterative_decode, token_unknown_from_pixels
+from .schedules import gamma_func
+from .Transformer import BidirectionalTransformer
+from .VQGAN import VQGAN
+
+MODEL_KEYS = ["VQ_Configs", "num_image_tokens", "num_codebook_vectors", "choice_temperature",
+              "gamma_type", "Transformer_param"]
+TRANSFORMER_KEYS = ["num_image_tokens", "num_codebook_vectors", "dim", "n_layers", "hidden_dim"]
+TRANSFORMER_OPTIONAL = ["num_heads", "attn_drop", "dropout", "fused_attention"]
+
+
+def load_vqgan(config_path, ckpt_path=None) -> tuple[VQGAN, dict]:
+    """Build a VQGAN and load its weights. Returns (model in eval mode, its config).
+
+    Accepts our training checkpoints (a dict holding 'model' and 'config', which wins
+    over `config_path`) and the lab's plain state_dict VQGAN.pt (built from `config_path`).
+    """
+    config_path = resolve_path(config_path)
+    ckpt_path = resolve_path(ckpt_path) if ckpt_path else None
+    state = load_checkpoint(ckpt_path) if ckpt_path else None
+    if state is not None and "model" in state and "config" in state:
+        cfg, state = state["config"], state["model"]
+    else:
+        cfg = load_config(config_path)
+    model = VQGAN.from_config(cfg, where=str(config_path))
+    if state is not None:
+        load_weights(model, state, ckpt_path)
+    return model.eval().requires_grad_(False), cfg
+
+
+def build_transformer(params: dict, where: str) -> BidirectionalTransformer:
+    require_keys(params, TRANSFORMER_KEYS, f"{where} Transformer_param")
+    unknown = set(params) - set(TRANSFORMER_KEYS) - set(TRANSFORMER_OPTIONAL)
+    if unknown:
+        raise UserError(f"unknown key(s) {', '.join(sorted(unknown))} in {where} Transformer_param")
+    return BidirectionalTransformer(**params)
+
+
+class MaskGit(nn.Module):
+    def __init__(self, configs: dict, where: str = "MaskGit config"):
+        """`configs` is the `model_param` section; the VQGAN comes from its VQ_Configs
+        (VQ_CKPT_path null gives an untrained VQGAN, for tests)."""
+        super().__init__()
+        require_keys(configs, MODEL_KEYS, where)
+        vq = configs["VQ_Configs"]
+        require_keys(vq, ["VQ_config_path", "VQ_CKPT_path"], f"{where} VQ_Configs")
+        self.vq_ckpt = vq["VQ_CKPT_path"]
+        vqgan, self.vq_config = load_vqgan(vq["VQ_config_path"], self.vq_ckpt)
+        self.vqgan = vqgan
+        self.num_image_tokens = configs["num_image_tokens"]
+        self.mask_token_id = configs["num_codebook_vectors"]
+        self.choice_temperature = configs["choice_temperature"]
+        self.gamma = self.gamma_func(configs["gamma_type"])
+        self.transformer = build_transformer(configs["Transformer_param"], where)
+        grid = vqgan.latent_resolution
+        if (vqgan.num_codebook_vectors != self.mask_token_id
+                or grid * grid != self.num_image_tokens
+                or self.transformer.mask_token_id != self.mask_token_id
+                or self.transformer.num_image_tokens != self.num_image_tokens):
+            raise UserError(f"{where}: the VQGAN gives {grid}x{grid} tokens from "
+                            f"{vqgan.num_codebook_vectors} codes, but the transformer expects "
+                            f"{self.num_image_tokens} tokens from {self.mask_token_id} codes")
+
+    gamma_func = staticmethod(gamma_func)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.vqgan.eval()  # stage 1 stays frozen
+        return self
+
+    @torch.no_grad()
+    def encode_to_z(self, x: torch.Tensor):
+        """x (B, 3, R, R) normalised -> z_q (B, D, r, r), indices (B, r*r) in [0, K)."""
+        z_q, indices, _ = self.vqgan.encode(x)
+        return z_q, indices
+
+    def forward(self, indices: torch.Tensor, masking: str = "maskgit", generator=None):
+        """Masked visual token modelling on indices (B, N) in [0, K).
+
+        'maskgit': per sample r ~ U(0, 1), ceil(gamma(r) * N) random tokens masked, and
+        the loss counts masked tokens only. 'bernoulli': each token masked with p = 0.5,
+        loss on every token (the variant common in lab reports).
+        Returns (logits (B, N, K+1), target (B, N), loss_weight (B, N) float).
+        """
+        b, n = indices.shape
+        dev = indices.device
+        if masking == "maskgit":
+            r = torch.rand(b, device=dev, generator=generator)
+            n_mask = torch.ceil(self.gamma(r) * n).clamp(1, n).long()  # (B,)
+            scores = torch.rand(b, n, device=dev, generator=generator)
+            rank = scores.argsort(dim=-1).argsort(dim=-1)
+            masked = rank < n_mask.unsqueeze(-1)  # (B, N)
+            weight = masked.float()
+        elif masking == "bernoulli":
+            masked = torch.rand(b, n, device=dev, generator=generator) < 0.5
+            weight = torch.ones(b, n, device=dev)
+        else:
+            raise UserError(f"unknown masking '{masking}'; choose maskgit or bernoulli")
+        logits = self.transformer(torch.where(masked, self.mask_token_id, indices))
+        return logits, indices, weight
+
+    @staticmethod
+    def loss(logits, target, weight, label_smoothing: float = 0.0) -> torch.Tensor:
+        """Cross-entropy averaged over the weighted tokens."""
+        ce = F.cross_entropy(logits.float().flatten(0, 1), target.flatten(),
+                             label_smoothing=label_smoothing, reduction="none")
+        w = weight.flatten()
+        return (ce * w).sum() / w.sum().clamp_min(1.0)
+
+    @torch.inference_mode()
+    def inpaint(self, images: torch.Tensor, known: torch.Tensor, total_iter: int,
+                generators: list[torch.Generator], gamma=None, sweet_spot: int = -1,
+                record: bool = False, autocast=None):
+        """Fill the holes of `images` (B, 3, R, R) normalised, `known` (B, 1, R, R) 1 = known.
+
+        Returns (images (B, 3, R, R) normalised, final tokens (B, N), history of
+        (masked tokens, sampled tokens) per step when `record`). `autocast` (a context
+        factory, e.g. bf16) covers the VQGAN encode and decode as well as the transformer.
+        """
+        autocast = autocast or contextlib.nullcontext
+        with autocast():
+            _, indices = self.encode_to_z(images)
+        unknown = token_unknown_from_pixels(known, self.vqgan.latent_resolution)
+        tokens = torch.where(unknown, self.mask_token_id, indices)
+        final, history = iterative_decode(self.transformer, tokens, total_iter, gamma or self.gamma,
+                                          self.choice_temperature, generators, sweet_spot,
+                                          record, autocast)
+        with autocast():
+            out = self.vqgan.decode_indices(final)
+        return out.float(), final, history

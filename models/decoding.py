@@ -1,0 +1,99 @@
+"""MaskGIT iterative decoding (Chang et al., 2022), as pure functions of tensors.
+
+Token ids are in [0, K); K is [MASK]. At each of T steps the transformer predicts
+every masked token, a token is sampled for each, and the least confident samples
+are masked again, so that floor(U0 * gamma(t/T)) stay masked after step t (U0 =
+masked count at the start, t = 1..T). Known tokens have infinite confidence and
+never change.
+"""
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def gumbel(u: torch.Tensor) -> torch.Tensor:
+    """Gumbel(0, 1) noise from uniform samples u in [0, 1)."""
+    tiny = torch.finfo(u.dtype).tiny
+    return -torch.log(-torch.log(u.clamp(tiny, 1.0 - 1e-7)))
+
+
+def token_unknown_from_pixels(known: torch.Tensor, grid: int) -> torch.Tensor:
+    """Pixel mask (B, 1, H, W), 1 = known -> token mask (B, grid*grid), True = unknown.
+
+    A token is known only if every pixel of its patch is known.
+    """
+    patch = known.shape[-1] // grid
+    known_tok = F.avg_pool2d(known.float(), patch) >= 1.0  # (B, 1, grid, grid)
+    return ~known_tok.flatten(1)  # (B, grid*grid), row-major
+
+
+def num_masked_after(step: int, total_iter: int, n_unknown_start: torch.Tensor,
+                     n_unknown_now: torch.Tensor, gamma) -> torch.Tensor:
+    """How many tokens stay masked after 0-based `step` (per sample, int64)."""
+    if step == total_iter - 1:
+        return torch.zeros_like(n_unknown_now)
+    n = torch.floor(n_unknown_start.double() * gamma((step + 1) / total_iter)).long()
+    # at least one token is fixed per step, and one stays masked until the last step
+    return torch.minimum(n.clamp_min(1), n_unknown_now - 1).clamp_min(0)
+
+
+def decode_step(logits: torch.Tensor, tokens: torch.Tensor, n_unknown_start: torch.Tensor,
+                step: int, total_iter: int, gamma, choice_temperature: float,
+                sample_noise: torch.Tensor, confidence_noise: torch.Tensor):
+    """One decoding step.
+
+    logits (B, N, K+1); tokens (B, N) in [0, K] with K = [MASK];
+    sample_noise (B, N, K+1) and confidence_noise (B, N) are Gumbel(0, 1) samples.
+    Returns (next_tokens (B, N) with re-masked positions set to K,
+             sampled (B, N) in [0, K): every position filled).
+    """
+    mask_id = logits.shape[-1] - 1
+    unknown = tokens == mask_id
+    logits = logits.float().clone()  # .float() returns an fp32 input itself: do not edit it
+    logits[..., mask_id] = -math.inf  # never emit [MASK]
+    logp = logits.log_softmax(dim=-1)
+    sampled = torch.where(unknown, (logp + sample_noise).argmax(dim=-1), tokens)  # Gumbel-max sample
+    ratio = (step + 1) / total_iter
+    confidence = logp.gather(-1, sampled.unsqueeze(-1)).squeeze(-1)  # (B, N) log p(sampled)
+    confidence = confidence + choice_temperature * (1.0 - ratio) * confidence_noise
+    confidence = torch.where(unknown, confidence, math.inf)
+    n_mask = num_masked_after(step, total_iter, n_unknown_start, unknown.sum(-1), gamma)  # (B,)
+    rank = confidence.argsort(dim=-1, stable=True).argsort(dim=-1)  # 0 = least confident
+    remask = rank < n_mask.unsqueeze(-1)
+    return torch.where(remask, mask_id, sampled), sampled
+
+
+def sample_noise(generators: list[torch.Generator], n: int, vocab: int, device) -> tuple:
+    """Per-image noise from per-image generators, so batching never changes results."""
+    u = torch.stack([torch.rand(n * (vocab + 1), generator=g, device=device) for g in generators])
+    u = u.view(len(generators), n, vocab + 1)  # (B, N, vocab+1): last column for confidence
+    g = gumbel(u)
+    return g[..., :vocab], g[..., vocab]
+
+
+@torch.inference_mode()
+def iterative_decode(transformer, tokens: torch.Tensor, total_iter: int, gamma,
+                     choice_temperature: float, generators: list[torch.Generator],
+                     sweet_spot: int = -1, record: bool = False, autocast=contextlib.nullcontext):
+    """Run MaskGIT decoding on `tokens` (B, N), K at unknown positions.
+
+    Stops after `sweet_spot` steps when 1 <= sweet_spot < total_iter. Returns
+    (tokens (B, N) in [0, K), history) where history lists, per step, the tokens
+    left masked after it (B, N) and the sampled ids (B, N) if `record`.
+    `autocast` is a context factory, e.g. for bf16.
+    """
+    steps = sweet_spot if 1 <= sweet_spot < total_iter else total_iter
+    n_unknown_start = (tokens == transformer.mask_token_id).sum(-1)
+    history = []
+    sampled = tokens
+    for step in range(steps):
+        with autocast():
+            logits = transformer(tokens)
+        s_noise, c_noise = sample_noise(generators, tokens.shape[1], logits.shape[-1], tokens.device)
+        tokens, sampled = decode_step(logits, tokens, n_unknown_start, step, total_iter, gamma,
+                                      choice_temperature, s_noise, c_noise)
+        if record:
+            history.append((tokens.clone(), sampled.clone()))
+    return sampled, history

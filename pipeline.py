@@ -1,0 +1,234 @@
+"""The whole suite in one command: train, mask, inpaint, score, report.
+
+    python pipeline.py                                   # built-in generated data, CPU, minutes
+    python pipeline.py --data ../shared/datasets/cat_face --maskgit-config configs/MaskGit.yml
+    python pipeline.py --maskgit-config configs/MaskGit.yml --vqgan-ckpt checkpoints/VQGAN.pt \\
+        --transformer-ckpt runs/lab/transformer/best.pt --masked-dir ../lab/test_set
+
+Stages (each can be skipped by pointing it at existing files):
+  1. VQGAN          training_vqgan       -> <out>/vqgan/best.pt        (--vqgan-ckpt skips)
+  2. transformer    training_transformer -> <out>/transformer/best.pt  (--transformer-ckpt skips)
+  3. masked set     make_masked_set      -> <out>/masked/              (--masked-dir skips)
+  4. inpainting     inpaint_dataset      -> <out>/inpainting/
+  5. FID of the inpainted images against the ground truth, and of the VQGAN's
+     reconstructions of the ground truth (the floor that stage 2 cannot beat)
+  6. <out>/report.html and <out>/results.md
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from PIL import Image
+
+import training_transformer
+import training_vqgan
+from data import (MaskedImageDataset, denormalize, make_masked_set,
+                  make_synthetic_images, normalization, normalize, to_uint8)
+from inpainting import load_maskgit, inpaint_dataset
+from metrics.fid import calculate_fid_given_paths, load_images, save_statistics
+from models.schedules import gamma_func
+from report import write_report
+from utils import (REPO_ROOT, UserError, ensure_writable_dir, load_config, resolve_device,
+                   resolve_path, run_cli)
+
+DEMO_TIME_BUDGET = 3.0  # minutes per training stage on the generated data: the demo stays < 10 min
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/demo", help="every output lands here")
+    p.add_argument("--data", default=None,
+                   help="folder with train/ and val/ image subfolders (default: generated data)")
+    p.add_argument("--maskgit-config", default=str(REPO_ROOT / "configs/MaskGit_tiny.yml"))
+    p.add_argument("--vqgan-config", default=None,
+                   help="default: the VQ_config_path named by the MaskGit config")
+    p.add_argument("--vqgan-ckpt", default=None, help="skip stage 1 (ours, or the lab's plain VQGAN.pt)")
+    p.add_argument("--transformer-ckpt", default=None, help="skip stages 1 and 2")
+    p.add_argument("--masked-dir", default=None,
+                   help="folder with masked_image/, mask64/ (and gt/) instead of generating one")
+    p.add_argument("--gt", default=None, help="ground truth for FID (folder/.csv/.npz); "
+                                              "default: the masked set's gt/")
+    p.add_argument("--vqgan-epochs", type=int, help="overrides the VQGAN config's training.epochs")
+    p.add_argument("--transformer-epochs", type=int, help="overrides train_param.epochs")
+    p.add_argument("--partial", type=float, default=None, help="train on this fraction of the data")
+    p.add_argument("--time-budget", type=float, default=None,
+                   help=f"minutes per training stage (default: {DEMO_TIME_BUDGET} on generated "
+                        f"data, unlimited with --data)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if present)")
+    p.add_argument("--num-test", type=int, default=100, help="images to mask for the test set")
+    p.add_argument("--mask-kind", default="lab", choices=["lab", "box", "outpaint"])
+    p.add_argument("--total-iter", type=int, default=7)
+    p.add_argument("--mask-func", default=None, help="decoding schedule (default: the config's)")
+    p.add_argument("--batch-size", type=int, default=32, help="inpainting batch")
+    p.add_argument("--save-steps", type=int, default=4, help="step pictures for the first N images")
+    p.add_argument("--examples", type=int, default=8, help="examples shown on the results page")
+    p.add_argument("--seed", type=int, default=0, help="masks and decoding")
+    return p.parse_args(argv)
+
+
+def run_trainer(main, argv: list[str]) -> None:
+    """Call a training script's main(). Its exit code 0 after --time-budget ends only that
+    stage; an interruption (non-zero code) ends the pipeline."""
+    try:
+        main(argv)
+    except SystemExit as e:
+        if e.code not in (0, None):
+            raise
+
+
+def best_checkpoint(folder: Path) -> Path:
+    """best.pt, or last.pt when a time budget stopped the first epoch before any best."""
+    for name in ("best.pt", "last.pt"):
+        if (folder / name).is_file():
+            return folder / name
+    raise UserError(f"training wrote no checkpoint to {folder}; see the messages above")
+
+
+@torch.no_grad()
+def write_reconstructions(vqgan, images: torch.Tensor, out_dir, mean, std,
+                          batch_size: int = 64) -> Path:
+    """uint8 images (N, 3, R, R) -> out_dir/image_{i:03d}.png, each decoded from its own
+    VQGAN tokens. Their FID against the originals is the floor for inpainting: the
+    transformer only chooses tokens, the VQGAN draws them."""
+    out_dir = ensure_writable_dir(out_dir)
+    device = next(vqgan.parameters()).device
+    for start in range(0, len(images), batch_size):
+        x = normalize(images[start:start + batch_size].to(device).float() / 255, mean, std)
+        rec = to_uint8(denormalize(vqgan(x)[0], mean, std))  # (B, R, R, 3)
+        for i, im in enumerate(rec, start):
+            Image.fromarray(im).save(out_dir / f"image_{i:03d}.png")
+    return out_dir
+
+
+def resolved_config(args, vq_ckpt: Path | None) -> dict:
+    """--maskgit-config with absolute VQGAN paths (--vqgan-config and `vq_ckpt` win over
+    the config's own), so no stage depends on the cwd."""
+    cfg = load_config(args.maskgit_config)
+    vq = cfg["model_param"]["VQ_Configs"]
+    vq_config = Path(args.vqgan_config) if args.vqgan_config else resolve_path(vq["VQ_config_path"], REPO_ROOT)
+    if vq_ckpt is None and vq["VQ_CKPT_path"]:
+        vq_ckpt = resolve_path(vq["VQ_CKPT_path"], REPO_ROOT)
+    vq.update(VQ_config_path=str(vq_config.resolve()),
+              VQ_CKPT_path=str(vq_ckpt.resolve()) if vq_ckpt else None)
+    return cfg
+
+
+def train_stages(args, out: Path, timings: dict) -> tuple[Path, Path]:
+    """Stages 1 and 2 as needed; returns (transformer checkpoint, resolved MaskGit config)."""
+    vq_ckpt = Path(args.vqgan_ckpt) if args.vqgan_ckpt else None
+    budget = args.time_budget if args.time_budget is not None else (0 if args.data else DEMO_TIME_BUDGET)
+    common = (["--device", args.device] if args.device else []) + ["--time-budget", str(budget)]
+    common += ["--partial", str(args.partial)] if args.partial else []
+    split = lambda s: str(Path(args.data) / s)
+
+    if vq_ckpt is None and not args.transformer_ckpt:
+        t = time.time()
+        vq_config = resolved_config(args, None)["model_param"]["VQ_Configs"]["VQ_config_path"]
+        data = ["--data", split("train"), "--val-data", split("val")] if args.data else []
+        epochs = ["--epochs", str(args.vqgan_epochs)] if args.vqgan_epochs else []
+        run_trainer(training_vqgan.main,
+                    ["--config", vq_config, "--out", str(out / "vqgan")] + data + epochs + common)
+        vq_ckpt = best_checkpoint(out / "vqgan")
+        timings["train VQGAN"] = time.time() - t
+
+    config = out / "maskgit_config.yml"
+    config.write_text(yaml.safe_dump(resolved_config(args, vq_ckpt), sort_keys=False))
+    if args.transformer_ckpt:
+        return Path(args.transformer_ckpt), config
+    t = time.time()
+    data = ["--train_d_path", split("train"), "--val_d_path", split("val")] if args.data else []
+    epochs = ["--epochs", str(args.transformer_epochs)] if args.transformer_epochs else []
+    run_trainer(training_transformer.main,
+                ["--MaskGitConfig", str(config), "--checkpoint-path", str(out / "transformer"),
+                 "--token-cache", str(out / "token_cache")] + data + epochs + common)
+    timings["train transformer"] = time.time() - t
+    return best_checkpoint(out / "transformer"), config
+
+
+def masked_test_set(args, out: Path, resolution: int) -> Path:
+    """The given --masked-dir, or a new one from the val images / generated test images."""
+    if args.masked_dir:
+        return Path(args.masked_dir)
+    src = Path(args.data) / "val" if args.data else \
+        make_synthetic_images(args.num_test, resolution, seed=0, split="test")
+    return make_masked_set(src, out / "masked", args.mask_kind, args.seed, args.num_test, resolution)
+
+
+def fids(model, gt: Path | None, results: Path, out: Path, device) -> dict[str, float | None]:
+    """FID of the inpainting and of the VQGAN reconstruction floor, against `gt`."""
+    names = ("FID inpainting", "FID VQGAN reconstruction (floor)")
+    if gt is None:
+        print("no ground truth (no gt/ in the masked set and no --gt): FID skipped")
+        return dict.fromkeys(names)
+    stats = gt
+    if gt.suffix != ".npz":  # Inception features of the ground truth, computed once for both FIDs
+        stats = out / "gt_stats.npz"
+        save_statistics(gt, stats, device)
+    fid_inpaint = calculate_fid_given_paths(results, stats, device)
+    floor = None
+    if gt.suffix != ".npz":  # statistics alone cannot be reconstructed
+        mean, std = normalization(model.vq_config, "test")
+        recon = write_reconstructions(model.vqgan, load_images(gt), out / "reconstructions", mean, std)
+        floor = calculate_fid_given_paths(recon, stats, device)
+    return dict(zip(names, (fid_inpaint, floor)))
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.mask_func:
+        gamma_func(args.mask_func)  # an unknown schedule fails now, not after training
+    if args.data and not all((Path(args.data) / s).is_dir() for s in ("train", "val")):
+        raise UserError(f"--data {args.data} must hold train/ and val/ image folders")
+    out = ensure_writable_dir(args.out)
+    device = resolve_device(args.device)
+    timings: dict[str, float] = {}
+    start = time.time()
+
+    tr_ckpt, config = train_stages(args, out, timings)
+    model = load_maskgit(tr_ckpt, config, device)
+    res = model.vq_config["img_resolution"]
+
+    t = time.time()
+    masked = masked_test_set(args, out, res)
+    mean, std = normalization(model.vq_config, "test")
+    dataset = MaskedImageDataset(masked / "masked_image", masked / "mask64", res, mean, std)
+    inpainted = out / "inpainting"
+    results = inpaint_dataset(model, dataset, inpainted, args.total_iter, args.mask_func,
+                              batch_size=args.batch_size, seed=args.seed, save_steps=args.save_steps)
+    timings["mask + inpaint"] = time.time() - t
+
+    t = time.time()
+    gt = Path(args.gt) if args.gt else (masked / "gt" if (masked / "gt").is_dir() else None)
+    scores = fids(model, gt, results, out, device)
+    timings["FID"] = time.time() - t
+    timings["total"] = time.time() - start
+
+    names = [p.name for p in dataset.masked_paths[:args.examples]]
+    examples = [(masked / "masked_image" / n, results / f"image_{i:03d}.png",
+                 gt / n if gt is not None and (gt / n).is_file() else None)
+                for i, n in enumerate(names)]
+    steps = (inpainted / "imga" / "image_000.png", inpainted / "mask_scheduling" / "image_000.png")
+    settings = {"data": args.data or "generated shapes", "transformer checkpoint": tr_ckpt,
+                "VQGAN checkpoint": model.vq_ckpt, "masked set": masked, "test images": len(dataset),
+                "mask kind": "given" if args.masked_dir else args.mask_kind,
+                "total iterations": args.total_iter, "mask function": args.mask_func or "config default",
+                "seed": args.seed, "device": device}
+    report = write_report(out, scores, settings, timings, examples,
+                          steps if steps[0].is_file() else None)
+
+    print(f"\ncheckpoints: {tr_ckpt} (VQGAN {model.vq_ckpt})\nmasked set:  {masked}\n"
+          f"inpainted:   {results}\nreport:      {report}\nsummary:     {out / 'results.md'}")
+    for name, value in scores.items():
+        print(f"{name}: {'n/a' if value is None else f'{value:.4f}'}")
+    print(f"total time: {timings['total'] / 60:.1f} min")
+    return {"fid_inpainting": scores["FID inpainting"],
+            "fid_reconstruction": scores["FID VQGAN reconstruction (floor)"],
+            "report": report, "transformer_ckpt": tr_ckpt, "masked_dir": masked, "results": results}
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,203 @@
+"""Mask schedules and MaskGIT iterative decoding: known tokens stay, the masked count
+follows the schedule, [MASK] is never emitted, sweet spots stop early, batching never
+changes results, and Gumbel-max samples follow the softmax."""
+import math
+
+import pytest
+import torch
+
+from inpainting import image_generators
+from models.decoding import decode_step, gumbel, iterative_decode, token_unknown_from_pixels
+from models.schedules import SCHEDULES, gamma_func
+from models.Transformer import BidirectionalTransformer
+from utils import UserError
+
+K, N, T = 32, 64, 6  # 8x8 tokens from 32 codes; id 32 is [MASK]
+
+
+# ----------------------------------------------------------------------------- schedules
+
+@pytest.mark.parametrize("mode", SCHEDULES)
+def test_schedule_endpoints_and_monotone(mode):
+    gamma = gamma_func(mode)
+    assert gamma(0.0) == 1.0 and gamma(1.0) == 0.0  # exact, not approximately
+    assert isinstance(gamma(0.3), float)
+    r = torch.linspace(0, 1, 2001)
+    g = gamma(r)
+    assert isinstance(g, torch.Tensor) and g.shape == r.shape
+    assert g[0] == 1.0 and g[-1] == 0.0
+    assert ((g >= 0) & (g <= 1)).all()
+    assert (g[1:] <= g[:-1]).all()  # non-increasing
+
+
+def test_unknown_schedule_is_user_error():
+    with pytest.raises(UserError, match="cosine"):
+        gamma_func("cosinus")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+class RandomLogits:
+    """Stand-in transformer: fresh random logits on every call (seeded); counts its calls."""
+    mask_token_id = K
+
+    def __init__(self, seed=0, mask_logit=None):
+        self.gen = torch.Generator().manual_seed(seed)
+        self.mask_logit = mask_logit
+        self.calls = 0
+
+    def __call__(self, tokens):
+        self.calls += 1
+        logits = 3 * torch.randn(*tokens.shape, K + 1, generator=self.gen)
+        if self.mask_logit is not None:
+            logits[..., K] = self.mask_logit
+        return logits
+
+
+def batch_with_holes(unknown_counts, seed=0):
+    """Tokens (B, N) with random known ids and `unknown_counts[b]` [MASK] positions in row b."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, K, (len(unknown_counts), N), generator=g)
+    for b, u in enumerate(unknown_counts):
+        tokens[b, torch.randperm(N, generator=g)[:u]] = K
+    return tokens
+
+
+def generators(n, seed=0):
+    return image_generators(range(n), seed, "cpu")
+
+
+# ----------------------------------------------------------------------------- decoding
+
+COUNTS = [N, 40, 7, 3, 1, 0]  # one batch, very different numbers of unknown tokens
+
+
+def step_gamma(r):
+    """All masked for the first half, none after: both clamps of the count rule engage."""
+    return 1.0 if r < 0.5 else 0.0
+
+
+@pytest.mark.parametrize("gamma", [gamma_func("cosine"), gamma_func("linear"), gamma_func("log"),
+                                   step_gamma], ids=["cosine", "linear", "log", "step"])
+def test_known_tokens_and_masked_counts(gamma):
+    start = batch_with_holes(COUNTS)
+    final, history = iterative_decode(RandomLogits(), start, T, gamma, 4.5, generators(len(COUNTS)),
+                                      record=True)
+    assert len(history) == T
+    known = start != K
+    u0 = torch.tensor(COUNTS)
+    before = u0.clone()
+    for t, (tokens, sampled) in enumerate(history, start=1):
+        assert torch.equal(tokens[known], start[known])
+        assert torch.equal(sampled[known], start[known])
+        assert (sampled < K).all()
+        if t == T:
+            expected = torch.zeros_like(u0)
+        else:  # floor(U0 * gamma(t/T)), at least 1 masked, at least 1 decided per step
+            expected = torch.tensor([math.floor(u * gamma(t / T)) for u in COUNTS])
+            expected = torch.minimum(expected.clamp_min(1), before - 1).clamp_min(0)
+        assert torch.equal((tokens == K).sum(-1), expected), (t, expected)
+        # masked positions of this step were masked before it too: decided tokens stay decided
+        if t > 1:
+            assert not ((tokens == K) & (history[t - 2][0] != K)).any()
+        before = expected
+    assert torch.equal(final[known], start[known]) and (final < K).all()
+    assert torch.equal(final, history[-1][0])
+
+
+def test_mask_never_sampled_even_with_huge_mask_logit():
+    start = batch_with_holes([N, N])
+    final, history = iterative_decode(RandomLogits(mask_logit=1e4), start, T, gamma_func("cosine"),
+                                      4.5, generators(2), record=True)
+    assert (final < K).all()
+    assert all((sampled < K).all() for _, sampled in history)
+
+
+@pytest.mark.parametrize("sweet_spot, steps", [(1, 1), (2, 2), (T - 1, T - 1), (T, T),
+                                               (T + 5, T), (-1, T)])
+def test_sweet_spot_history_length(sweet_spot, steps):
+    model = RandomLogits()
+    final, history = iterative_decode(model, batch_with_holes([N, 20]), T, gamma_func("cosine"),
+                                      4.5, generators(2), sweet_spot=sweet_spot, record=True)
+    assert len(history) == model.calls == steps
+    assert (final < K).all()  # stopping early still fills every token
+
+
+def test_no_history_unless_recorded():
+    _, history = iterative_decode(RandomLogits(), batch_with_holes([N]), T, gamma_func("cosine"),
+                                  4.5, generators(1))
+    assert history == []
+
+
+def test_batched_equals_one_by_one():
+    torch.manual_seed(0)
+    model = BidirectionalTransformer(N, K, dim=32, n_layers=2, hidden_dim=64, num_heads=4,
+                                     attn_drop=0.0, dropout=0.0).eval()
+    start = batch_with_holes([N, 30, 12, 5, 1], seed=1)
+    gamma = gamma_func("cosine")
+    batched, _ = iterative_decode(model, start, T, gamma, 4.5, image_generators(range(5), 7, "cpu"))
+    for i in range(5):
+        single, _ = iterative_decode(model, start[i:i + 1], T, gamma, 4.5,
+                                     image_generators([i], 7, "cpu"))
+        assert torch.equal(single[0], batched[i]), i
+    other_seed, _ = iterative_decode(model, start, T, gamma, 4.5,
+                                     image_generators(range(5), 8, "cpu"))
+    assert not torch.equal(other_seed, batched)
+
+
+# ----------------------------------------------------------------------------- decode_step
+
+def test_decode_step_remasks_least_confident():
+    """With no noise the most probable id is sampled and the least confident are re-masked."""
+    logits = torch.zeros(1, 6, K + 1)
+    peaks = torch.tensor([8.0, 1.0, 5.0, 2.0, 0.0, 9.0])  # confidence order per position
+    logits[0, torch.arange(6), torch.arange(6)] = peaks
+    logits[0, :, K] = 100.0  # must be ignored
+    tokens = torch.full((1, 6), K)
+    tokens[0, 4] = 20  # known, even though its logits are the least confident
+    zero = torch.zeros(1, 6, K + 1)
+    nxt, sampled = decode_step(logits, tokens, torch.tensor([5]), step=0, total_iter=2,
+                               gamma=gamma_func("linear"), choice_temperature=4.5,
+                               sample_noise=zero, confidence_noise=torch.zeros(1, 6))
+    assert sampled.tolist() == [[0, 1, 2, 3, 20, 5]]
+    # floor(5 * gamma(1/2)) = 2 stay masked: positions 1 and 3 (the two flattest)
+    assert nxt.tolist() == [[0, K, 2, K, 20, 5]]
+
+
+def test_decode_step_is_pure():
+    logits = torch.randn(2, N, K + 1)
+    tokens = batch_with_holes([N, 10])
+    copies = logits.clone(), tokens.clone()
+    noise = gumbel(torch.rand(2, N, K + 1)), gumbel(torch.rand(2, N))
+    a = decode_step(logits, tokens, (tokens == K).sum(-1), 0, T, gamma_func("cosine"), 4.5, *noise)
+    b = decode_step(logits, tokens, (tokens == K).sum(-1), 0, T, gamma_func("cosine"), 4.5, *noise)
+    assert torch.equal(logits, copies[0]) and torch.equal(tokens, copies[1])
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_gumbel_max_frequencies_match_softmax():
+    draws = 20000
+    logits = torch.tensor([1.0, 0.0, -1.0, 0.5, 2.0]).expand(draws, 1, 5).clone()  # id 4 = [MASK]
+    tokens = torch.full((draws, 1), 4)
+    g = torch.Generator().manual_seed(0)
+    noise = gumbel(torch.rand(draws, 1, 5, generator=g))
+    _, sampled = decode_step(logits, tokens, torch.ones(draws, dtype=torch.long), 0, 1,
+                             gamma_func("cosine"), 0.0, noise, torch.zeros(draws, 1))
+    freq = torch.bincount(sampled.flatten(), minlength=5).double() / draws
+    probs = torch.softmax(logits[0, 0, :4].double(), 0)
+    assert freq[4] == 0
+    assert (freq[:4] - probs).abs().max() < 0.02, (freq, probs)
+
+
+# ----------------------------------------------------------------------------- pixels -> tokens
+
+def test_token_unknown_from_pixels():
+    known = torch.ones(2, 1, 64, 64, dtype=torch.bool)
+    known[0, 0, 5, 9] = False    # patch (1, 2) with 4x4 patches -> token 1*16 + 2
+    known[0, 0, 63, 0] = False   # patch (15, 0) -> token 240
+    known[1, 0, 8:12, 4:8] = False  # exactly patch (2, 1) -> token 33
+    unknown = token_unknown_from_pixels(known, 16)
+    assert unknown.shape == (2, 256) and unknown.dtype == torch.bool
+    assert unknown[0].nonzero().flatten().tolist() == [18, 240]
+    assert unknown[1].nonzero().flatten().tolist() == [33]
+    assert not token_unknown_from_pixels(torch.ones(1, 1, 64, 64), 16).any()

@@ -1,0 +1,136 @@
+"""inpainting.py end to end on a tiny untrained MaskGit: the output layout, batch-size
+independence, sweet spots, unconditional generation and compositing."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import maskgit_tiny_cfg
+from data import MaskedImageDataset, make_masked_set, make_synthetic_images, normalization
+from models.VQGAN_Transformer import MaskGit
+from utils import UserError, save_checkpoint
+
+import inpainting
+
+N_IMAGES, T = 6, 4
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_vq_ckpt):
+    """A transformer checkpoint in our training format on a saved tiny VQGAN, and a masked set."""
+    root = tmp_path_factory.mktemp("inpaint")
+    cfg = maskgit_tiny_cfg(tiny_vq_ckpt)
+    torch.manual_seed(0)
+    model = MaskGit(cfg["model_param"])
+    ckpt = root / "transformer.pt"
+    save_checkpoint({"model": model.transformer.state_dict(), "config": cfg}, ckpt)
+    masked = make_masked_set(make_synthetic_images(N_IMAGES, split="test"), root / "masked")
+    return ckpt, masked
+
+
+def run(setup, out, *flags):
+    ckpt, masked = setup
+    inpainting.main(["--load-transformer-ckpt-path", str(ckpt), "--device", "cpu",
+                     "--test-maskedimage-path", str(masked / "masked_image"),
+                     "--test-mask-path", str(masked / "mask64"), "--out", str(out),
+                     "--total-iter", str(T), "--save-steps", "2", *flags])
+    return out
+
+
+def read_folder(folder) -> dict:
+    return {p.name: np.asarray(Image.open(p)) for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def full(setup, tmp_path_factory):
+    return run(setup, tmp_path_factory.mktemp("full"), "--batch-size", "3")
+
+
+def test_output_layout(full):
+    results = read_folder(full / "test_results")
+    assert list(results) == [f"image_{i:03d}.png" for i in range(N_IMAGES)]
+    assert all(a.shape == (64, 64, 3) and a.dtype == np.uint8 for a in results.values())
+    masks, strips = read_folder(full / "mask_scheduling"), read_folder(full / "imga")
+    assert list(masks) == list(strips) == ["image_000.png", "image_001.png"]
+    for strip in strips.values():  # masked input, then one panel per step
+        assert strip.shape == (64, 64 * (T + 1), 3)
+    for m in masks.values():  # one panel per step, black = still masked, white = decided
+        assert m.shape == (64, 64 * T, 3)
+        assert set(np.unique(m)) <= {0, 255}
+        assert (m[:, -64:] == 255).all()  # nothing is masked after the last step
+    # the last imga panel is the final result
+    assert np.array_equal(strips["image_000.png"][:, -64:], results["image_000.png"])
+
+
+def test_batch_size_does_not_change_results(setup, full, tmp_path):
+    one = run(setup, tmp_path, "--batch-size", "1")
+    for folder in ["test_results", "imga", "mask_scheduling"]:
+        a, b = read_folder(full / folder), read_folder(one / folder)
+        assert list(a) == list(b)
+        for name in a:
+            # tokens are identical (mask_scheduling is exact; see the test below); the
+            # decoder's convolutions may round differently per batch size, by one level
+            diff = np.abs(a[name].astype(int) - b[name].astype(int))
+            assert diff.max() <= (0 if folder == "mask_scheduling" else 1), (folder, name)
+            assert (diff > 0).mean() < 1e-3, (folder, name)
+
+
+def load_model_and_images(setup):
+    ckpt, masked = setup
+    model = inpainting.load_maskgit(ckpt)
+    mean, std = normalization(model.vq_config, "test")
+    ds = MaskedImageDataset(masked / "masked_image", masked / "mask64", 64, mean, std)
+    images, known, _ = next(iter(torch.utils.data.DataLoader(ds, batch_size=len(ds))))
+    return model, images, known
+
+
+def test_batched_tokens_equal_one_by_one(setup):
+    model, images, known = load_model_and_images(setup)
+    gens = inpainting.image_generators
+    _, batched, _ = model.inpaint(images, known, T, gens(range(N_IMAGES), 0, "cpu"))
+    for i in range(N_IMAGES):
+        _, single, _ = model.inpaint(images[i:i + 1], known[i:i + 1], T, gens([i], 0, "cpu"))
+        assert torch.equal(single[0], batched[i]), i
+
+
+def test_sweet_spot(setup, full, tmp_path):
+    early = run(setup, tmp_path, "--batch-size", "3", "--sweet-spot", "2")
+    results = read_folder(early / "test_results")
+    assert len(results) == N_IMAGES and len(list((early / "imga").iterdir())) == 2
+    assert read_folder(early / "imga")["image_000.png"].shape == (64, 64 * 3, 3)  # 2 steps shown
+    reference = read_folder(full / "test_results")
+    assert any(not np.array_equal(results[k], reference[k]) for k in results)
+
+
+def test_sweet_spot_history_length_in_library(setup):
+    model, images, known = load_model_and_images(setup)
+    gens = inpainting.image_generators(range(N_IMAGES), 0, "cpu")
+    out, tokens, history = model.inpaint(images, known, T, gens, sweet_spot=2, record=True)
+    assert len(history) == 2 and out.shape == (N_IMAGES, 3, 64, 64)
+    assert (tokens < model.mask_token_id).all()
+
+
+def test_generate(setup, tmp_path):
+    run(setup, tmp_path, "--generate", "4", "--batch-size", "3")
+    results = read_folder(tmp_path / "test_results")
+    assert list(results) == [f"image_{i:03d}.png" for i in range(4)]
+    assert all(a.shape == (64, 64, 3) for a in results.values())
+
+
+def test_composite_keeps_known_pixels(setup, full, tmp_path):
+    _, masked = setup
+    run(setup, tmp_path, "--composite", "--batch-size", "3")
+    inputs, masks = read_folder(masked / "masked_image"), read_folder(masked / "mask64")
+    results, plain = read_folder(tmp_path / "test_results"), read_folder(full / "test_results")
+    for i, name in enumerate(sorted(inputs)):
+        known = masks[name] >= 128
+        out = results[f"image_{i:03d}.png"]
+        assert np.array_equal(out[known], inputs[name][known])
+        # holes come from the same decoding as without --composite
+        assert np.array_equal(out[~known], plain[f"image_{i:03d}.png"][~known])
+
+
+@pytest.mark.parametrize("flags", [["--sweet-spot", "0"], ["--total-iter", "0"]])
+def test_bad_schedule_flags(setup, tmp_path, flags):
+    with pytest.raises(UserError):
+        run(setup, tmp_path, *flags)

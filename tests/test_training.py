@@ -1,0 +1,98 @@
+"""Stage 2 training: the MaskGIT masking rule, the weighted loss, and a tiny run whose
+validation loss falls and whose checkpoints hold everything a resume needs."""
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import MASKGIT_TINY, VQ_TINY, maskgit_tiny_cfg
+from models.VQGAN_Transformer import MaskGit
+from utils import UserError, load_checkpoint
+
+import training_transformer
+
+
+@pytest.fixture
+def maskgit():
+    torch.manual_seed(0)
+    return MaskGit(maskgit_tiny_cfg()["model_param"])
+
+
+def transformer_inputs(model):
+    """Record what the transformer is fed (the masked token ids)."""
+    seen = []
+    model.transformer.register_forward_pre_hook(lambda _, args: seen.append(args[0].clone()))
+    return seen
+
+
+def test_maskgit_masking_counts_follow_gamma(maskgit):
+    k, n, b = maskgit.mask_token_id, maskgit.num_image_tokens, 16
+    indices = torch.randint(0, k, (b, n), generator=torch.Generator().manual_seed(1))
+    seen = transformer_inputs(maskgit)
+    with torch.no_grad():
+        logits, target, weight = maskgit(indices, "maskgit",
+                                         generator=torch.Generator().manual_seed(5))
+    assert logits.shape == (b, n, k + 1) and torch.equal(target, indices)
+    r = torch.rand(b, generator=torch.Generator().manual_seed(5))  # the same first draw
+    expected = [min(n, max(1, math.ceil(maskgit.gamma(float(ri)) * n))) for ri in r]
+    assert weight.sum(-1).long().tolist() == expected
+    assert len(set(expected)) > 1  # each sample draws its own ratio
+    fed = seen[-1]
+    assert torch.equal(fed == k, weight.bool())  # the loss covers exactly the masked tokens
+    assert torch.equal(fed[~weight.bool()], indices[~weight.bool()])
+
+
+def test_bernoulli_masking_weights_every_token(maskgit):
+    k, n = maskgit.mask_token_id, maskgit.num_image_tokens
+    indices = torch.randint(0, k, (8, n), generator=torch.Generator().manual_seed(2))
+    seen = transformer_inputs(maskgit)
+    with torch.no_grad():
+        _, _, weight = maskgit(indices, "bernoulli", generator=torch.Generator().manual_seed(3))
+    assert torch.equal(weight, torch.ones(8, n))
+    assert 0.4 < (seen[-1] == k).float().mean() < 0.6
+
+
+def test_unknown_masking_is_user_error(maskgit):
+    with pytest.raises(UserError, match="bernoulli"):
+        maskgit(torch.zeros(1, maskgit.num_image_tokens, dtype=torch.long), "random")
+
+
+def test_loss_is_mean_over_weighted_tokens():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 10, 7, generator=g)
+    target = torch.randint(0, 6, (2, 10), generator=g)
+    weight = torch.zeros(2, 10)
+    weight[0, :3] = weight[1, 5:] = 1
+    sel = weight.bool()
+    assert torch.allclose(MaskGit.loss(logits, target, weight),
+                          F.cross_entropy(logits[sel], target[sel]))
+    assert torch.allclose(MaskGit.loss(logits, target, torch.ones(2, 10)),
+                          F.cross_entropy(logits.flatten(0, 1), target.flatten()))
+
+
+def test_maskgit_rejects_mismatched_vocab():
+    cfg = maskgit_tiny_cfg()["model_param"]
+    cfg["num_codebook_vectors"] = cfg["Transformer_param"]["num_codebook_vectors"] = 128
+    with pytest.raises(UserError, match="codes"):
+        MaskGit(cfg)
+
+
+def test_tiny_training_run(tmp_path):
+    out, cache = tmp_path / "ck", tmp_path / "cache"
+    training_transformer.main([
+        "--MaskGitConfig", str(MASKGIT_TINY), "--checkpoint-path", str(out),
+        "--token-cache", str(cache), "--epochs", "3", "--partial", "0.05", "--batch-size", "8",
+        "--set", f"model_param.VQ_Configs.VQ_config_path={VQ_TINY}", "train_param.warmup_steps=5"])
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
+    assert metrics[-1]["val_loss"] < metrics[0]["val_loss"], metrics
+    assert metrics[0]["val_loss"] < math.log(65)  # below a uniform guess over 64 codes + [MASK]
+    assert not cache.exists() or not any(cache.iterdir())  # untrained VQGAN: tokens not cached
+    for name in ["last.pt", "best.pt"]:
+        ck = load_checkpoint(out / name)  # weights_only loading must accept it
+        assert {"model", "optimizer", "scheduler", "config", "rng"} <= set(ck)
+        assert ck["config"]["model_param"]["Transformer_param"]["dim"] == 64
+        assert "tok_emb.weight" in ck["model"]
+    assert load_checkpoint(out / "last.pt")["epoch"] == 3

@@ -1,0 +1,86 @@
+"""Stage 2 network: attention against a by-hand reference, fused == hand-written,
+the lab's parameter names and the logits' shape."""
+import pytest
+import torch
+
+from models.Transformer import BidirectionalTransformer, MultiHeadAttention
+
+K, N, DIM, HEADS = 16, 12, 32, 4
+
+
+def reference_attention(attn: MultiHeadAttention, x: torch.Tensor) -> torch.Tensor:
+    """Multi-head attention written out head by head from the module's weights."""
+    hd = DIM // HEADS
+    wq, wk, wv = attn.qkv.weight.chunk(3)  # each (DIM, DIM): rows = output features
+    bq, bk, bv = attn.qkv.bias.chunk(3)
+    heads = []
+    for h in range(HEADS):
+        rows = slice(h * hd, (h + 1) * hd)
+        q = x @ wq[rows].t() + bq[rows]  # (B, N, hd)
+        k = x @ wk[rows].t() + bk[rows]
+        v = x @ wv[rows].t() + bv[rows]
+        weights = torch.softmax(q @ k.transpose(1, 2) / hd ** 0.5, dim=-1)  # (B, N, N)
+        heads.append(weights @ v)
+    return attn.proj(torch.cat(heads, dim=-1))  # heads concatenated in order -> (B, N, DIM)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_attention_matches_reference(fused):
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(DIM, HEADS, attn_drop=0.5, fused=fused).eval()
+    x = torch.randn(3, N, DIM)
+    with torch.no_grad():
+        assert torch.allclose(attn(x), reference_attention(attn, x), atol=1e-5)
+
+
+def test_fused_and_hand_written_agree():
+    torch.manual_seed(0)
+    model = BidirectionalTransformer(N, K, DIM, n_layers=2, hidden_dim=64, num_heads=HEADS).eval()
+    tokens = torch.randint(0, K + 1, (3, N))
+    with torch.no_grad():
+        plain = model(tokens)
+        for block in model.blocks:
+            block.Attention.fused = True
+        fused = model(tokens)
+    assert torch.allclose(plain, fused, atol=1e-5)
+
+
+def test_attention_dropout_only_in_training():
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(DIM, HEADS, attn_drop=0.5)
+    x = torch.randn(2, N, DIM)
+    attn.eval()
+    assert torch.equal(attn(x), attn(x))
+    attn.train()
+    assert not torch.allclose(attn(x), attn(x))
+
+
+def test_lab_parameter_names_and_shapes():
+    model = BidirectionalTransformer(N, K, DIM, n_layers=2, hidden_dim=64, num_heads=HEADS)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert shapes["tok_emb.weight"] == (K + 1, DIM)  # K codes + [MASK]
+    assert shapes["pos_emb"] == (N, DIM)
+    assert shapes["bias"] == (N, K + 1)
+    for name in ["blocks.0.Attention.qkv.weight", "blocks.0.Attention.proj.weight",
+                 "blocks.0.LayerNorm1.weight", "blocks.0.LayerNorm2.weight",
+                 "blocks.0.MLP.0.weight", "blocks.0.MLP.2.weight", "blocks.1.MLP.2.bias",
+                 "Token_Prediction.0.weight", "Token_Prediction.2.weight", "LN.weight", "LN.bias"]:
+        assert name in shapes, name
+    assert shapes["blocks.0.MLP.0.weight"] == (64, DIM)
+    assert not any(k.startswith("blocks.2.") for k in shapes)
+
+
+def test_logits_shape_and_bidirectional():
+    torch.manual_seed(0)
+    model = BidirectionalTransformer(N, K, DIM, n_layers=2, hidden_dim=64, num_heads=HEADS).eval()
+    tokens = torch.randint(0, K, (2, N))
+    tokens[:, 1] = (tokens[:, 0] + 1) % K  # the swap below must change the input
+    with torch.no_grad():
+        logits = model(tokens)
+        assert logits.shape == (2, N, K + 1)
+        changed = tokens.clone()
+        changed[:, -1] = K  # mask the last token: the first position must see it (no causal mask)
+        assert not torch.allclose(model(changed)[:, 0], logits[:, 0])
+        # positions matter: the model is not permutation-equivariant
+        swapped = tokens[:, [1, 0] + list(range(2, N))]
+        assert not torch.allclose(model(swapped)[:, 0], logits[:, 1])

@@ -1,0 +1,233 @@
+"""Stage 1: train a VQGAN tokenizer.
+
+    python training_vqgan.py --config configs/VQGAN_tiny.yml                 # generated data
+    python training_vqgan.py --config configs/VQGAN_catface.yml \\
+        --data ../shared/datasets/cat_face/train --val-data ../shared/datasets/cat_face/val
+    torchrun --nproc_per_node=2 training_vqgan.py ...                        # data parallel
+
+Loss: L1 (+ optional L2) reconstruction, codebook + commitment, and after
+`disc_start` steps an adaptively weighted hinge PatchGAN loss. Dead codebook
+entries are re-initialised from encoder outputs every `restart_every` steps.
+Writes <out>/last.pt and <out>/best.pt (best val PSNR) atomically; --resume continues.
+Ctrl-C or SIGTERM finishes the current step, saves last.pt and exits with 130 / 143.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torchvision.utils import save_image
+from tqdm import tqdm
+
+from data import denormalize, normalization, normalize
+from data.sources import image_tensor
+from models.VQGAN import VQGAN, codebook_usage
+from models.VQGAN.discriminator import Discriminator
+from models.VQGAN.losses import adopt_weight, generator_loss, hinge_d_loss
+from utils import (GracefulStop, RunLogger, all_reduce_mean, all_rng_states, apply_overrides,
+                   autocast, check_finite, check_positive, check_replicas_identical,
+                   cleanup_distributed, ensure_writable_dir, epoch_order, init_distributed,
+                   load_checkpoint, load_config, load_weights, require_keys, restore_rng,
+                   run_cli, save_checkpoint, seed_everything)
+
+TRAIN_KEYS = ["epochs", "batch_size", "learning_rate", "betas", "l2_weight", "disc_start",
+              "disc_weight", "disc_channels", "disc_layers", "restart_every", "precision", "seed"]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="configs/VQGAN_tiny.yml")
+    p.add_argument("--data", default=None, help="training image folder (default: generated data)")
+    p.add_argument("--val-data", default=None, help="validation image folder")
+    p.add_argument("--out", default="checkpoints/vqgan", help="checkpoint folder")
+    p.add_argument("--epochs", type=int, help="overrides training.epochs")
+    p.add_argument("--batch-size", type=int, help="per-process batch; overrides training.batch_size")
+    p.add_argument("--learning-rate", type=float, help="overrides training.learning_rate")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="overrides training.precision")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if present)")
+    p.add_argument("--partial", type=float, default=None, help="use this fraction of the data")
+    p.add_argument("--on-bad-image", choices=["error", "skip"], default="error")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from <out>/last.pt (from scratch if there is none yet)")
+    p.add_argument("--ckpt-interval", "--save-every-steps", dest="ckpt_interval", type=int, default=0,
+                   help="also write last.pt every N steps")
+    p.add_argument("--time-budget", type=float, default=0, help="stop after this many minutes")
+    p.add_argument("--use_wandb", action="store_true")
+    return p.parse_args(argv)
+
+
+def resolve_config(args) -> dict:
+    cfg = load_config(args.config, args.set)
+    require_keys(cfg, ["training"], args.config)
+    flags = {"epochs": args.epochs, "batch_size": args.batch_size,
+             "learning_rate": args.learning_rate, "precision": args.precision}
+    cfg = apply_overrides(cfg, [f"training.{k}={v}" for k, v in flags.items() if v is not None])
+    require_keys(cfg["training"], TRAIN_KEYS, f"{args.config} training")
+    check_positive({f"training.{k}": cfg["training"][k] for k in ("batch_size", "learning_rate",
+                                                                  "restart_every")}, args.config)
+    return cfg
+
+
+@torch.no_grad()
+def evaluate(vq: VQGAN, images: torch.Tensor, mean, std, device, batch_size: int = 64) -> dict:
+    """Reconstruction L1 (normalised space), PSNR on [0, 1] pixels, codebook usage and perplexity."""
+    vq.eval()
+    l1, mse, all_idx = [], [], []
+    for i in range(0, len(images), batch_size):
+        x01 = images[i:i + batch_size].to(device).float() / 255
+        x_rec, idx, _ = vq(normalize(x01, mean, std))
+        rec01 = denormalize(x_rec, mean, std)
+        l1.append((x_rec - normalize(x01, mean, std)).abs().mean(dim=(1, 2, 3)))
+        mse.append(((rec01 - x01) ** 2).mean(dim=(1, 2, 3)))
+        all_idx.append(idx)
+    mse = torch.cat(mse)
+    _, usage, perplexity = codebook_usage(torch.cat(all_idx), vq.num_codebook_vectors)
+    return {"val_l1": torch.cat(l1).mean().item(),
+            "val_psnr": (10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean().item(),
+            "val_usage": usage, "val_perplexity": perplexity}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = resolve_config(args)
+    tc = cfg["training"]
+    device, rank, world = init_distributed(args.device)
+    out = ensure_writable_dir(args.out)
+    seed_everything(tc["seed"] + rank)
+    mean, std = normalization(cfg, "train")
+    res = cfg["img_resolution"]
+    train = image_tensor(args.data, res, "train", args.partial, args.on_bad_image, tc["seed"])
+    val = image_tensor(args.val_data, res, "val", None, args.on_bad_image, tc["seed"]) \
+        if args.val_data or not args.data else train[:256]
+
+    vq = VQGAN.from_config(cfg, args.config).to(device)
+    disc = Discriminator(cfg["image_channels"], tc["disc_channels"], tc["disc_layers"]).to(device)
+    opt_ae = torch.optim.Adam(vq.parameters(), lr=tc["learning_rate"], betas=tuple(tc["betas"]))
+    opt_d = torch.optim.Adam(disc.parameters(), lr=tc["learning_rate"], betas=tuple(tc["betas"]))
+    scaler = torch.amp.GradScaler(device.type, enabled=tc["precision"] == "fp16")
+    epoch, step, skip, best = 0, 0, 0, -math.inf
+    # uses of each code since the last dead-code restart, summed over ranks at the restart
+    counts = torch.zeros(vq.num_codebook_vectors, device=device)
+    if args.resume and (out / "last.pt").exists():
+        ck = load_checkpoint(out / "last.pt", device)
+        load_weights(vq, ck["model"], out / "last.pt"), load_weights(disc, ck["disc"], out / "last.pt")
+        opt_ae.load_state_dict(ck["opt_ae"]), opt_d.load_state_dict(ck["opt_d"])
+        scaler.load_state_dict(ck["scaler"])
+        epoch, step, skip, best = ck["epoch"], ck["step"], ck["batch_in_epoch"], ck["best_psnr"]
+        if rank == 0 and "code_counts" in ck:  # the sum over ranks; rank 0 carries it on
+            counts.copy_(ck["code_counts"])
+        exact = restore_rng(ck["rng"], rank, world)
+        if rank == 0:
+            print(f"resumed from {out / 'last.pt'} at epoch {epoch}, step {step}"
+                  + ("" if exact else " (other process count: fresh random streams)"))
+    elif args.resume and rank == 0:
+        print(f"--resume: no {out / 'last.pt'} yet, starting from scratch")
+    vq_train = DDP(vq) if world > 1 else vq
+    disc_train = DDP(disc) if world > 1 else disc
+    last_layer = vq.decoder.model[-1].weight
+    logger = RunLogger(out, args.use_wandb, cfg, "vqgan", enabled=rank == 0)
+    bs = tc["batch_size"]
+    if rank == 0:
+        print(f"training VQGAN on {len(train)} images, {sum(p.numel() for p in vq.parameters()):,} "
+              f"params, effective batch {bs * world} ({world} x {bs}), device {device}")
+
+    def checkpoint(path, batch_in_epoch):
+        """Collective (replica check, RNG and count gathers): every rank calls it, rank 0 writes."""
+        check_replicas_identical(vq, disc)
+        rngs, code_counts = all_rng_states(), all_reduce_mean(counts) * world
+        if rank == 0:
+            save_checkpoint({"model": vq.state_dict(), "disc": disc.state_dict(),
+                             "opt_ae": opt_ae.state_dict(), "opt_d": opt_d.state_dict(),
+                             "scaler": scaler.state_dict(), "epoch": epoch, "step": step,
+                             "batch_in_epoch": batch_in_epoch, "best_psnr": best,
+                             "code_counts": code_counts, "rng": rngs, "config": cfg}, path)
+
+    stop = GracefulStop(device)  # from here on Ctrl-C / SIGTERM stop between steps, with a checkpoint
+    start_time = time.time()
+    time_up = lambda: bool(args.time_budget) and time.time() - start_time > 60 * args.time_budget
+    stopping, log = False, {}
+    try:
+        while epoch < tc["epochs"] and not stopping:
+            vq_train.train(), disc_train.train()
+            batches = epoch_order(len(train), epoch, tc["seed"], rank, world, bs, skip)
+            bar = tqdm(batches, desc=f"epoch {epoch}", disable=rank != 0,
+                       initial=skip, total=skip + len(batches))
+            for b_idx, idx in enumerate(bar, start=skip):
+                x = normalize(train[idx].to(device).float() / 255, mean, std)
+                gan_w = adopt_weight(tc["disc_weight"], step, tc["disc_start"])
+                with autocast(device, tc["precision"]):
+                    x_rec, indices, q_loss = vq_train(x)
+                    logits_fake = disc_train(x_rec) if gan_w > 0 else None
+                loss, log = generator_loss(x, x_rec.float(), q_loss.float(), logits_fake,
+                                           last_layer, gan_w, tc["l2_weight"])
+                check_finite(loss, step, out)
+                opt_ae.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt_ae)
+                if gan_w > 0:
+                    with autocast(device, tc["precision"]):
+                        d_loss = hinge_d_loss(disc_train(x.detach()), disc_train(x_rec.detach()))
+                    opt_d.zero_grad(set_to_none=True)
+                    scaler.scale(d_loss).backward()
+                    scaler.step(opt_d)
+                    log["d"] = d_loss.item()
+                scaler.update()
+                counts += torch.bincount(indices.flatten(), minlength=len(counts))
+                step += 1
+                if step % tc["restart_every"] == 0:
+                    total = all_reduce_mean(counts) * world
+                    with torch.no_grad():
+                        z = vq.quant_conv(vq.encoder(x)).permute(0, 2, 3, 1).flatten(0, 2)
+                    log["restarted"] = vq.codebook.restart_dead_codes(total, z.float())
+                    if world > 1:  # every rank must hold rank 0's codebook
+                        torch.distributed.broadcast(vq.codebook.embedding.weight.data, 0)
+                    counts.zero_()
+                bar.set_postfix({k: f"{v:.3g}" for k, v in log.items()})
+                stopping = stop.requested(time_up())
+                if stopping or (args.ckpt_interval and step % args.ckpt_interval == 0):
+                    checkpoint(out / "last.pt", b_idx + 1)
+                if stopping:
+                    break
+            if stopping:
+                break
+            epoch, skip = epoch + 1, 0
+            # every rank evaluates (identical replicas; the others would only wait), so all
+            # agree on `best` and take part in the collective checkpoint below
+            metrics = evaluate(vq, val, mean, std, device)
+            metrics["val_psnr"] = all_reduce_mean(torch.tensor(metrics["val_psnr"], device=device)).item()
+            if rank == 0:
+                logger.log({"epoch": epoch, **{f"train_{k}": v for k, v in log.items()}, **metrics}, step)
+                print(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+                save_reconstructions(vq, val[:8], mean, std, device, out / "reconstructions.png")
+            if metrics["val_psnr"] > best:
+                best = metrics["val_psnr"]
+                checkpoint(out / "best.pt", 0)
+            checkpoint(out / "last.pt", 0)
+            stopping = stop.requested(time_up())
+    finally:
+        stop.restore()
+        logger.close()
+        cleanup_distributed()
+    if stopping:
+        if rank == 0:
+            why = "time budget reached" if stop.signal is None else "interrupted"
+            print(f"{why}: saved {out / 'last.pt'} at step {step}; continue with --resume")
+        sys.exit(stop.exit_code())
+
+
+@torch.no_grad()
+def save_reconstructions(vq, images, mean, std, device, path: Path):
+    """Top row: inputs; bottom row: reconstructions."""
+    x01 = images.to(device).float() / 255
+    rec = denormalize(vq(normalize(x01, mean, std))[0], mean, std)
+    save_image(torch.cat([x01, rec]), path, nrow=len(images))
+
+
+if __name__ == "__main__":
+    run_cli(main)
