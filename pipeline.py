@@ -215,7 +215,8 @@ def main(argv=None) -> dict:
     settings = {"data": args.data or "generated shapes", "transformer checkpoint": tr_ckpt,
                 "VQGAN checkpoint": model.vq_ckpt, "masked set": masked, "test images": len(dataset),
                 "mask kind": "given" if args.masked_dir else args.mask_kind,
-                "total iterations": args.total_iter, "mask function": args.mask_func or "config default",
+                "total iterations": args.total_iter,
+                "mask function": args.mask_func or model.gamma.__name__.removeprefix("gamma_"),
                 "seed": args.seed, "device": device}
     report = write_report(out, scores, settings, timings, examples,
                           steps if steps[0].is_file() else None)

@@ -11,6 +11,7 @@ speed vs a naive baseline, and (--report) reference FIDs of the cat_face data.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 import time
 import warnings
@@ -122,19 +123,26 @@ def compare_extractors(images: torch.Tensor, batch_size: int, figures: Figures) 
 
 
 def folder_features(folder: Path, cache_dir: Path, batch_size: int, figures: Figures,
-                    name: str) -> np.ndarray:
-    """Inception features of a folder, cached as .npy so reruns skip the extraction."""
-    cache = cache_dir / f"{name}_features.npy"
-    if cache.is_file():
-        print(f"{name}: features read from {cache}", flush=True)
-        return np.load(cache)
+                    name: str, chunk: int = 500) -> np.ndarray:
+    """Inception features (N, 2048) of a folder, cached in chunks of `chunk` images as
+    .npy files, so reruns (and runs interrupted on a busy machine) skip finished work."""
     images, figures[f"{name}_load_s"] = timed(load_images, folder, num_workers=2)
-    feats, took = timed(inception_features, images, load_inception("cpu"), batch_size)
-    figures[f"{name}_extract_s"] = took
-    figures[f"{name}_images_per_s"] = len(images) / took
+    tag = hashlib.md5(str(folder.resolve()).encode()).hexdigest()[:8]  # cache per folder
     cache_dir.mkdir(parents=True, exist_ok=True)
-    np.save(cache, feats)
-    return feats
+    parts, extracted, took = [], 0, 0.0
+    for start in range(0, len(images), chunk):
+        part = cache_dir / f"{name}_{tag}_{start:06d}_{chunk}.npy"
+        if not part.is_file():
+            feats, seconds = timed(inception_features, images[start:start + chunk],
+                                   load_inception("cpu"), batch_size)
+            np.save(part, feats)
+            extracted, took = extracted + len(feats), took + seconds
+            print(f"{name}: {start + len(feats)}/{len(images)} images", flush=True)
+        parts.append(np.load(part))
+    if extracted:
+        figures[f"{name}_extract_s"] = took
+        figures[f"{name}_images_per_s"] = extracted / took
+    return np.concatenate(parts)
 
 
 def first_images(folder: Path, n: int, cache_dir: Path) -> Path:
@@ -201,7 +209,7 @@ def run(args) -> dict:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pred", help="folder of generated images (default: cat_face/val)")
+    parser.add_argument("--pred", help="folder of generated images (default: the first --n images of --val)")
     parser.add_argument("--n", type=int, default=747,
                         help="without --pred: score the first N images of --val")
     parser.add_argument("--val", default=str(CAT_FACE / "val"))

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -26,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_train import train_step  # noqa: E402
 from benchmarks.common import (Row, add_common_args, build_maskgit, generated_images,  # noqa: E402
-                               maskgit_config, sync, table)
+                               maskgit_config, table, timed)
 from data import normalization, normalize  # noqa: E402
 from data.tokens import cached_tokens  # noqa: E402
 from training_transformer import build_optimizer  # noqa: E402
@@ -62,19 +61,13 @@ def run(device=None, config: str = "tiny", quick: bool = False, n_images: int | 
             for i in starts:
                 train_step(model, tokens[i:i + batch].to(device), opt, precision)
 
-        def seconds(fn):
-            sync(device)
-            t0 = time.perf_counter()
-            fn()
-            sync(device)
-            return time.perf_counter() - t0
-
-        t_build = seconds(cache)  # a miss: encode all images and write the cache
-        t_load = seconds(cache)  # a hit
+        once = lambda fn: timed(fn, device, repeats=1, warmup=0)
+        t_build = once(cache)  # a miss: encode all images and write the cache
+        t_load = once(cache)  # a hit
         tokens = cache()
         train_step(model, tokens[:batch].to(device), opt, precision)  # untimed warm-up
-        t_cached = seconds(epoch_cached)
-        t_reencode = seconds(epoch_reencode)
+        t_cached = once(epoch_cached)
+        t_reencode = once(epoch_reencode)
     saved = t_reencode - t_cached
     return [
         Row(f"stage-2 epoch, {n} images ({config})", t_cached, t_reencode, "s", higher=False,
