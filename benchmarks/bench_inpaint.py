@@ -24,25 +24,27 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import (Row, add_common_args, build_maskgit, fast_path, lab_path,  # noqa: E402
-                               maskgit_config, masked_batch, matmul_peak, table, timed,
-                               transformer_flops)
+from benchmarks.common import (Row, add_common_args, build_maskgit, fast_path,  # noqa: E402
+                               interleaved, lab_path, maskgit_config, masked_batch, matmul,
+                               table, transformer_flops)
 from benchmarks.lab_baseline import inpaint_lab_style  # noqa: E402
 from inpainting import image_generators  # noqa: E402
 from models.Transformer.attention import fused_is_faster, set_fused  # noqa: E402
 from utils import resolve_device  # noqa: E402
 
 
-def forward_gflops(model, params: dict, batch: int, device, factory, repeats: int) -> float:
-    """Achieved GFLOP/s of one transformer forward on (batch, N) random tokens;
-    `params` is the Transformer_param config (for the FLOP count)."""
+def forward_call(model, params: dict, batch: int, device, factory, fused: bool):
+    """(fn, FLOPs) of one transformer forward on (batch, N) random tokens with the given
+    attention kernel (set inside fn, so calls can be interleaved with other variants);
+    `params` is the Transformer_param config, for the FLOP count."""
     tokens = torch.randint(0, model.mask_token_id + 1, (batch, model.num_image_tokens),
                            device=device, generator=torch.Generator(device).manual_seed(0))
 
-    def forward():
+    def fn():
+        set_fused(model.transformer, fused)
         with torch.inference_mode(), factory():
             model.transformer(tokens)
-    return transformer_flops(params, batch) / timed(forward, device, repeats) / 1e9
+    return fn, transformer_flops(params, batch)
 
 
 def run(device=None, config: str = "lab", quick: bool = False, batch: int | None = None,
@@ -52,52 +54,52 @@ def run(device=None, config: str = "lab", quick: bool = False, batch: int | None
     repeats = 1 if quick else 2
     model = build_maskgit(device, config)
     images, known = masked_batch(model, batch, device)
-    gens = lambda idx: image_generators(idx, 0, device)
-
-    def ours(factory=None, n=batch):
-        return model.inpaint(images[:n], known[:n], total_iter, gens(range(n)), autocast=factory)
-
-    # every variant first runs one step at its shapes, so one-time kernel setup is not timed
-    lab_path(model)
-    inpaint_lab_style(model, images[:1], known[:1], 1)
-    t_base = timed(lambda: inpaint_lab_style(model, images[:1], known[:1], total_iter), device,
-                   repeats=1 if quick else 3, warmup=0)
-
-    model.inpaint(images, known, 1, gens(range(batch)))
-    batched = []
-    t_fp32 = timed(lambda: batched.append(ours()[1]), device, repeats, warmup=0)
-    same = torch.equal(batched[0][:1], ours(n=1)[1])  # the quality guard: batching changes nothing
-
     bf16 = fast_path(model, device, "bf16")
-    model.inpaint(images, known, 1, gens(range(batch)), autocast=bf16)
-    t_bf16 = timed(lambda: ours(bf16), device, repeats, warmup=0)
+    ours_fused = fused_is_faster(device)
+    batched = []
+
+    def baseline(steps=total_iter):
+        lab_path(model)
+        inpaint_lab_style(model, images[:1], known[:1], steps)
+
+    def ours(factory=None, fused=False, steps=total_iter, n=batch):
+        set_fused(model.transformer, fused)
+        gens = image_generators(range(n), 0, device)
+        return model.inpaint(images[:n], known[:n], steps, gens, autocast=factory)[1]
+
+    variants = {"baseline": baseline,
+                "fp32": lambda: batched.append(ours()),
+                "bf16": lambda: ours(bf16, ours_fused)}
+    baseline(1), ours(steps=1), ours(bf16, ours_fused, steps=1)  # one-time kernel setup, untimed
+    t = interleaved(variants, device, repeats)
+    lab_path(model)
+    same = torch.equal(batched[0][:1], ours(n=1))  # the quality guard: batching changes nothing
 
     peak_size = peak_size or (2048 if quick else 4096)
-    peak32 = matmul_peak(torch.float32, device, peak_size)
-    peak16 = matmul_peak(torch.bfloat16, device, peak_size)
     params = maskgit_config(config)["model_param"]["Transformer_param"]
-    fwd = {}
-    for fused in (True, False):
-        set_fused(model.transformer, fused)
-        fwd[fused] = forward_gflops(model, params, batch, device, bf16, repeats + 1)
-    fwd_lab = forward_gflops(model, params, 1, device, contextlib.nullcontext, repeats + 1)
-    ours_kernel = fused_is_faster(device)
-    ips = lambda t, n: n / t
-    return [
-        Row(f"matmul peak fp32 ({peak_size}^3)", peak32, unit="GFLOP/s"),
-        Row(f"matmul peak bf16 ({peak_size}^3)", peak16, unit="GFLOP/s"),
-        Row(f"inpaint fp32, batch {batch} (T={total_iter})", ips(t_fp32, batch), ips(t_base, 1),
-            "images/s", note=f"tokens == batch-1 tokens: {same}"),
-        Row(f"inpaint bf16, batch {batch} (T={total_iter})", ips(t_bf16, batch), ips(t_base, 1),
-            "images/s", note="target >= 4x"),
-        *[Row(f"transformer fwd bf16 {'fused' if fused else 'hand-written'}, batch {batch}",
-              fwd[fused], fwd_lab, "GFLOP/s",
-              note=f"{100 * fwd[fused] / peak16:.0f}% of bf16 peak"
-                   + (" (ours here)" if fused == ours_kernel else ""))
-          for fused in (True, False)],
-        Row("transformer fwd baseline (fp32, batch 1, hand-written)", fwd_lab, unit="GFLOP/s",
-            note=f"{100 * fwd_lab / peak32:.0f}% of fp32 peak"),
-    ]
+    calls = {"peak fp32": matmul(torch.float32, device, peak_size),
+             "peak bf16": matmul(torch.bfloat16, device, peak_size),
+             "fused": forward_call(model, params, batch, device, bf16, True),
+             "hand-written": forward_call(model, params, batch, device, bf16, False),
+             "lab": forward_call(model, params, 1, device, contextlib.nullcontext, False)}
+    for fn, _ in calls.values():
+        fn()
+    best = interleaved({k: fn for k, (fn, _) in calls.items()}, device, repeats + 1)
+    rate = {k: flops / best[k] / 1e9 for k, (_, flops) in calls.items()}  # GFLOP/s
+    lab = rate["lab"]
+    rows = [Row(f"matmul peak {dtype} ({peak_size}^3)", rate[f"peak {dtype}"], unit="GFLOP/s")
+            for dtype in ("fp32", "bf16")]
+    rows += [Row(f"inpaint {precision}, batch {batch} (T={total_iter})", batch / t[precision],
+                 1 / t["baseline"], "images/s", note=note)
+             for precision, note in (("fp32", f"tokens == batch-1 tokens: {same}"),
+                                     ("bf16", "target >= 4x"))]
+    rows += [Row(f"transformer fwd bf16 {kernel}, batch {batch}", rate[kernel], lab, "GFLOP/s",
+                 note=f"{100 * rate[kernel] / rate['peak bf16']:.0f}% of bf16 peak"
+                      + (" (ours here)" if (kernel == "fused") == ours_fused else ""))
+             for kernel in ("fused", "hand-written")]
+    rows.append(Row("transformer fwd baseline (fp32, batch 1, hand-written)", lab, unit="GFLOP/s",
+                    note=f"{100 * lab / rate['peak fp32']:.0f}% of fp32 peak"))
+    return rows
 
 
 def main(argv=None):

@@ -87,13 +87,26 @@ def timed(fn, device, repeats: int = 1, warmup: int = 1) -> float:
     return best
 
 
-def matmul_peak(dtype: torch.dtype, device, n: int = 4096, repeats: int = 3) -> float:
-    """Achieved GFLOP/s of one large (n x n) @ (n x n) matmul: this machine's practical peak."""
+def interleaved(fns: dict, device, repeats: int) -> dict:
+    """Best seconds per call of each fn(), timed in turns (a, b, c, a, b, c, ...) so that a
+    change of load from other jobs hits every variant alike. Warm them up first."""
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            best[name] = min(best[name], timed(fn, device, repeats=1, warmup=0))
+    return best
+
+
+def matmul(dtype: torch.dtype, device, n: int = 4096):
+    """(fn, FLOPs) of one large (n x n) @ (n x n) matmul: its rate is the practical peak."""
     g = torch.Generator(device).manual_seed(0)
     a = torch.randn(n, n, device=device, generator=g).to(dtype)
     b = torch.randn(n, n, device=device, generator=g).to(dtype)
-    with torch.inference_mode():
-        return 2 * n ** 3 / timed(lambda: a @ b, device, repeats) / 1e9
+
+    def fn():
+        with torch.inference_mode():
+            a @ b
+    return fn, 2 * n ** 3
 
 
 def transformer_flops(params: dict, batch: int) -> float:
