@@ -46,6 +46,8 @@ def parse_args(argv=None):
     p.add_argument("--out", default="runs/sweep")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--composite", action="store_true", help="score with the known pixels pasted back")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if present)")
     return p.parse_args(argv)
 
@@ -116,14 +118,14 @@ def write_tables(rows: list[dict], out: Path) -> None:
 
 
 def run_sweep(model, dataset, gt_stats: Path, out: Path, settings, seed: int = 0,
-              batch_size: int = 32) -> list[dict]:
+              batch_size: int = 32, precision: str = "fp32", composite: bool = False) -> list[dict]:
     """Inpaint and score every setting; returns one row per setting (FIELDS)."""
     device = next(model.transformer.parameters()).device
     rows = []
     for mask_func, total_iter, sweet_spot in settings:
         folder = out / setting_name(mask_func, total_iter, sweet_spot)
         results = inpaint_dataset(model, dataset, folder, total_iter, mask_func, sweet_spot,
-                                  batch_size, seed, save_steps=1)
+                                  batch_size, seed, precision, save_steps=1, composite=composite)
         fid = calculate_fid_given_paths(results, gt_stats, device)
         rows.append({"mask_func": mask_func, "total_iter": total_iter, "sweet_spot": sweet_spot, "fid": fid})
         print(f"{folder.name}: FID {fid:.4f}")
@@ -150,7 +152,8 @@ def main(argv=None) -> list[dict]:
         gt_stats = out / "gt_stats.npz"
         save_statistics(gt, gt_stats, device)
 
-    rows = run_sweep(model, dataset, gt_stats, out, settings, args.seed, args.batch_size)
+    rows = run_sweep(model, dataset, gt_stats, out, settings, args.seed, args.batch_size,
+                     args.precision, args.composite)
     write_tables(rows, out)
     plot_fid(rows, out / "fid_vs_iter.png")
     for mask_func in dict.fromkeys(args.mask_funcs):

@@ -20,14 +20,16 @@ import argparse
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 from PIL import Image
 
 import training_transformer
 import training_vqgan
-from data import (MaskedImageDataset, denormalize, make_masked_set,
+from data import (MaskedImageDataset, denormalize, list_images, make_masked_set,
                   make_synthetic_images, normalization, normalize, to_uint8)
+from data.images import open_image, to_rgb
 from inpainting import load_maskgit, inpaint_dataset
 from metrics.fid import calculate_fid_given_paths, load_images, save_statistics
 from models.schedules import gamma_func
@@ -67,17 +69,9 @@ def parse_args(argv=None):
     p.add_argument("--save-steps", type=int, default=4, help="step pictures for the first N images")
     p.add_argument("--examples", type=int, default=8, help="examples shown on the results page")
     p.add_argument("--seed", type=int, default=0, help="masks and decoding")
+    p.add_argument("--composite", action="store_true",
+                   help="also score inpainting and floor with the known pixels pasted back")
     return p.parse_args(argv)
-
-
-def run_trainer(main, argv: list[str]) -> None:
-    """Call a training script's main(). Its exit code 0 after --time-budget ends only that
-    stage; an interruption (non-zero code) ends the pipeline."""
-    try:
-        main(argv)
-    except SystemExit as e:
-        if e.code not in (0, None):
-            raise
 
 
 def best_checkpoint(folder: Path) -> Path:
@@ -130,8 +124,8 @@ def train_stages(args, out: Path, timings: dict) -> tuple[Path, Path]:
         vq_config = resolved_config(args, None)["model_param"]["VQ_Configs"]["VQ_config_path"]
         data = ["--data", split("train"), "--val-data", split("val")] if args.data else []
         epochs = ["--epochs", str(args.vqgan_epochs)] if args.vqgan_epochs else []
-        run_trainer(training_vqgan.main,
-                    ["--config", vq_config, "--out", str(out / "vqgan")] + data + epochs + common)
+        training_vqgan.main(
+            ["--config", vq_config, "--out", str(out / "vqgan")] + data + epochs + common)
         vq_ckpt = best_checkpoint(out / "vqgan")
         timings["train VQGAN"] = time.time() - t
 
@@ -142,9 +136,9 @@ def train_stages(args, out: Path, timings: dict) -> tuple[Path, Path]:
     t = time.time()
     data = ["--train_d_path", split("train"), "--val_d_path", split("val")] if args.data else []
     epochs = ["--epochs", str(args.transformer_epochs)] if args.transformer_epochs else []
-    run_trainer(training_transformer.main,
-                ["--MaskGitConfig", str(config), "--checkpoint-path", str(out / "transformer"),
-                 "--token-cache", str(out / "token_cache")] + data + epochs + common)
+    training_transformer.main(
+        ["--MaskGitConfig", str(config), "--checkpoint-path", str(out / "transformer"),
+         "--token-cache", str(out / "token_cache")] + data + epochs + common)
     timings["train transformer"] = time.time() - t
     return best_checkpoint(out / "transformer"), config
 
@@ -158,23 +152,43 @@ def masked_test_set(args, out: Path, resolution: int) -> Path:
     return make_masked_set(src, out / "masked", args.mask_kind, args.seed, args.num_test, resolution)
 
 
-def fids(model, gt: Path | None, results: Path, out: Path, device) -> dict[str, float | None]:
-    """FID of the inpainting and of the VQGAN reconstruction floor, against `gt`."""
-    names = ("FID inpainting", "FID VQGAN reconstruction (floor)")
+def paste_known(images_dir: Path, masked: Path, out_dir) -> Path:
+    """images_dir/image_{i:03d}.png with the known pixels of the masked set's image i
+    pasted back (what `inpainting.py --composite` does), for results and floor alike."""
+    out_dir = ensure_writable_dir(out_dir)
+    pairs = zip(list_images(masked / "masked_image"), list_images(masked / "mask64"))
+    for i, (masked_file, mask_file) in enumerate(pairs):
+        known = np.asarray(open_image(mask_file).convert("L"))[..., None] >= 128  # (R, R, 1)
+        image = np.asarray(to_rgb(open_image(images_dir / f"image_{i:03d}.png")))
+        pasted = np.where(known, np.asarray(to_rgb(open_image(masked_file))), image)
+        Image.fromarray(pasted).save(out_dir / f"image_{i:03d}.png")
+    return out_dir
+
+
+def fids(model, gt: Path | None, results: Path, masked: Path, out: Path, device,
+         composite: bool) -> dict[str, float | None]:
+    """FID of the inpainting and of the VQGAN reconstruction floor against `gt`; with
+    `composite`, also both with the known pixels pasted back."""
+    names = ["FID inpainting", "FID VQGAN reconstruction (floor)"]
+    if composite:
+        names += [f"{name}, known pixels pasted back" for name in names]
     if gt is None:
         print("no ground truth (no gt/ in the masked set and no --gt): FID skipped")
         return dict.fromkeys(names)
     stats = gt
-    if gt.suffix != ".npz":  # Inception features of the ground truth, computed once for both FIDs
+    if gt.suffix != ".npz":  # Inception features of the ground truth, computed once for every FID
         stats = out / "gt_stats.npz"
         save_statistics(gt, stats, device)
-    fid_inpaint = calculate_fid_given_paths(results, stats, device)
-    floor = None
+    folders = [results, None]
     if gt.suffix != ".npz":  # statistics alone cannot be reconstructed
         mean, std = normalization(model.vq_config, "test")
-        recon = write_reconstructions(model.vqgan, load_images(gt), out / "reconstructions", mean, std)
-        floor = calculate_fid_given_paths(recon, stats, device)
-    return dict(zip(names, (fid_inpaint, floor)))
+        folders[1] = write_reconstructions(model.vqgan, load_images(gt), out / "reconstructions",
+                                           mean, std)
+    if composite:
+        folders += [paste_known(f, masked, out / f"{f.name}_pasted") if f else None
+                    for f in folders]
+    return {name: calculate_fid_given_paths(f, stats, device) if f else None
+            for name, f in zip(names, folders)}
 
 
 def main(argv=None) -> dict:
@@ -203,7 +217,7 @@ def main(argv=None) -> dict:
 
     t = time.time()
     gt = Path(args.gt) if args.gt else (masked / "gt" if (masked / "gt").is_dir() else None)
-    scores = fids(model, gt, results, out, device)
+    scores = fids(model, gt, results, masked, out, device, args.composite)
     timings["FID"] = time.time() - t
     timings["total"] = time.time() - start
 
@@ -228,6 +242,9 @@ def main(argv=None) -> dict:
     print(f"total time: {timings['total'] / 60:.1f} min")
     return {"fid_inpainting": scores["FID inpainting"],
             "fid_reconstruction": scores["FID VQGAN reconstruction (floor)"],
+            "fid_inpainting_pasted": scores.get("FID inpainting, known pixels pasted back"),
+            "fid_reconstruction_pasted": scores.get(
+                "FID VQGAN reconstruction (floor), known pixels pasted back"),
             "report": report, "transformer_ckpt": tr_ckpt, "masked_dir": masked, "results": results}
 
 

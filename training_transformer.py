@@ -15,18 +15,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-import sys
-import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from data import normalization
+from data.masks import KNOWN, lab_mask
 from data.sources import image_tensor
 from data.tokens import cached_tokens
 from models.VQGAN_Transformer import MaskGit
+from models.decoding import token_unknown_from_pixels
 from utils import (EMA, GracefulStop, RunLogger, UserError, all_reduce_mean, all_rng_states,
                    apply_overrides, autocast, check_finite, check_positive,
                    check_replicas_identical, cleanup_distributed, ensure_writable_dir,
@@ -34,12 +35,13 @@ from utils import (EMA, GracefulStop, RunLogger, UserError, all_reduce_mean, all
                    require_keys, restore_rng, run_cli, save_checkpoint, seed_everything)
 
 TRAIN_KEYS = ["epochs", "batch_size", "accum_grad", "learning_rate", "min_lr_ratio", "warmup_steps",
-              "weight_decay", "betas", "grad_clip", "masking", "label_smoothing", "flip_augment",
-              "precision", "ema_decay", "seed"]
+              "weight_decay", "betas", "grad_clip", "masking", "hole_masking", "label_smoothing",
+              "flip_augment", "precision", "ema_decay", "seed"]
 FLAG_TO_KEY = {"epochs": "epochs", "batch_size": "batch_size", "accum_grad": "accum_grad",
                "learning_rate": "learning_rate", "masking": "masking",
                "label_smoothing": "label_smoothing", "precision": "precision",
-               "ema_decay": "ema_decay", "seed": "seed"}
+               "ema_decay": "ema_decay", "seed": "seed", "hole_masking": "hole_masking"}
+HOLE_POOL = 2048
 
 
 def parse_args(argv=None):
@@ -64,6 +66,8 @@ def parse_args(argv=None):
     p.add_argument("--MaskGitConfig", default="configs/MaskGit_tiny.yml")
     p.add_argument("--masking", choices=["maskgit", "bernoulli"])
     p.add_argument("--label-smoothing", dest="label_smoothing", type=float)
+    p.add_argument("--hole-masking", dest="hole_masking", type=float,
+                   help="fraction of samples masked inside a lab-style hole (maskgit masking)")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--ema-decay", dest="ema_decay", type=float, help="0 disables the EMA")
     p.add_argument("--seed", type=int)
@@ -81,6 +85,8 @@ def resolve_config(args) -> dict:
     flags = {key: getattr(args, flag) for flag, key in FLAG_TO_KEY.items()}
     cfg = apply_overrides(cfg, [f"train_param.{k}={v}" for k, v in flags.items() if v is not None])
     require_keys(cfg["train_param"], TRAIN_KEYS, f"{args.MaskGitConfig} train_param")
+    if not 0.0 <= cfg["train_param"]["hole_masking"] <= 1.0:
+        raise UserError(f"{args.MaskGitConfig}: train_param.hole_masking must lie in [0, 1]")
     check_positive({f"train_param.{k}": cfg["train_param"][k] for k in
                     ("batch_size", "accum_grad", "learning_rate", "grad_clip")}, args.MaskGitConfig)
     return cfg
@@ -113,6 +119,15 @@ def load_tokens(model: MaskGit, folder, split: str, args, device) -> torch.Tenso
     return cached_tokens(model.vqgan, model.vq_ckpt, images, mean, std, device, args.token_cache, flip)
 
 
+def hole_regions(count: int, resolution: int, grid: int, seed: int) -> torch.Tensor:
+    """(count, grid*grid) bool: the tokens under `count` lab-style holes (drawn once;
+    training samples from this pool). A 3-entry seed keeps the stream apart from every
+    masked test set, whose masks come from 2-entry seeds (data.masks.mask_rng)."""
+    rng = np.random.default_rng([seed, 1, 1])
+    known = np.stack([lab_mask(rng, resolution) == KNOWN for _ in range(count)])
+    return token_unknown_from_pixels(torch.from_numpy(known).unsqueeze(1), grid)
+
+
 @torch.no_grad()
 def validation_loss(model: MaskGit, tokens: torch.Tensor, tp: dict, device, batch_size: int) -> float:
     """Mean masked-token loss on fixed masks (seeded), so epochs are comparable."""
@@ -140,6 +155,12 @@ def main(argv=None):
     val_tokens = load_tokens(model, args.val_d_path, "val", args, device) \
         if args.val_d_path or not args.train_d_path else train_tokens[:1, :256]
     transformer = model.transformer
+    holes = None
+    if tp["hole_masking"] > 0:
+        if tp["masking"] != "maskgit":
+            raise UserError(f"{args.MaskGitConfig}: hole_masking needs masking: maskgit")
+        vq = model.vq_config
+        holes = hole_regions(HOLE_POOL, vq["img_resolution"], vq["latent_resolution"], tp["seed"])
     opt = build_optimizer(transformer, tp)
     bs, accum = tp["batch_size"], tp["accum_grad"]
     steps_per_epoch = train_tokens.shape[1] // (bs * world * accum)
@@ -188,9 +209,8 @@ def main(argv=None):
                              "rng": rngs, "config": cfg,
                              "vq_ckpt": str(model.vq_ckpt) if model.vq_ckpt else None}, path)
 
-    stop = GracefulStop(device)  # from here on Ctrl-C / SIGTERM stop between steps, with a checkpoint
-    start_time = time.time()
-    time_up = lambda: bool(args.time_budget) and time.time() - start_time > 60 * args.time_budget
+    # from here on Ctrl-C, SIGTERM and the time budget stop between steps, with a checkpoint
+    stop = GracefulStop(device, args.time_budget)
     stopping = False
     try:
         while epoch < tp["epochs"] and not stopping:
@@ -203,11 +223,16 @@ def main(argv=None):
             for b_idx, idx in enumerate(bar, start=skip):
                 view = torch.randint(train_tokens.shape[0], (len(idx),))
                 tokens = train_tokens[view, torch.tensor(idx)].to(device, non_blocking=True)
+                region = None
+                if holes is not None:
+                    in_hole = torch.rand(len(idx)) < tp["hole_masking"]
+                    pick = torch.randint(len(holes), (len(idx),))
+                    region = (holes[pick] | ~in_hole.unsqueeze(1)).to(device)
                 last_micro = (b_idx + 1) % accum == 0
                 sync = contextlib.nullcontext() if last_micro or world == 1 else model_train.no_sync()
                 with sync:
                     with autocast(device, tp["precision"]):
-                        logits, target, weight = model_train(tokens, tp["masking"])
+                        logits, target, weight = model_train(tokens, tp["masking"], region=region)
                     loss = MaskGit.loss(logits, target, weight, tp["label_smoothing"])
                     scaler.scale(loss / accum).backward()
                 if not last_micro:
@@ -227,7 +252,7 @@ def main(argv=None):
                 loss_sum += loss.detach()
                 n_steps += 1
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{sched.get_last_lr()[0]:.2e}")
-                stopping = stop.requested(time_up())
+                stopping = stop.requested()
                 if stopping or (args.ckpt_interval and step % args.ckpt_interval == 0):
                     checkpoint(out / "last.pt", b_idx + 1)
                 if stopping:
@@ -253,16 +278,12 @@ def main(argv=None):
             if args.save_per_epoch and epoch % args.save_per_epoch == 0:
                 checkpoint(out / f"epoch_{epoch:03d}.pt", 0)
             checkpoint(out / "last.pt", 0)
-            stopping = stop.requested(time_up())
+            stopping = stop.requested()
     finally:
         stop.restore()
         logger.close()
         cleanup_distributed()
-    if stopping:
-        if rank == 0:
-            why = "time budget reached" if stop.signal is None else "interrupted"
-            print(f"{why}: saved {out / 'last.pt'} at step {step}; continue with --resume")
-        sys.exit(stop.exit_code())
+    stop.finish(stopping, out / "last.pt", step, verbose=rank == 0)
 
 
 def resume_path(out: Path, args, rank: int) -> Path | None:

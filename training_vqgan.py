@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
-import time
 from pathlib import Path
 
 import torch
@@ -148,9 +146,8 @@ def main(argv=None):
                              "batch_in_epoch": batch_in_epoch, "best_psnr": best,
                              "code_counts": code_counts, "rng": rngs, "config": cfg}, path)
 
-    stop = GracefulStop(device)  # from here on Ctrl-C / SIGTERM stop between steps, with a checkpoint
-    start_time = time.time()
-    time_up = lambda: bool(args.time_budget) and time.time() - start_time > 60 * args.time_budget
+    # from here on Ctrl-C, SIGTERM and the time budget stop between steps, with a checkpoint
+    stop = GracefulStop(device, args.time_budget)
     stopping, log = False, {}
     try:
         while epoch < tc["epochs"] and not stopping:
@@ -189,7 +186,7 @@ def main(argv=None):
                         torch.distributed.broadcast(vq.codebook.embedding.weight.data, 0)
                     counts.zero_()
                 bar.set_postfix({k: f"{v:.3g}" for k, v in log.items()})
-                stopping = stop.requested(time_up())
+                stopping = stop.requested()
                 if stopping or (args.ckpt_interval and step % args.ckpt_interval == 0):
                     checkpoint(out / "last.pt", b_idx + 1)
                 if stopping:
@@ -209,16 +206,12 @@ def main(argv=None):
                 best = metrics["val_psnr"]
                 checkpoint(out / "best.pt", 0)
             checkpoint(out / "last.pt", 0)
-            stopping = stop.requested(time_up())
+            stopping = stop.requested()
     finally:
         stop.restore()
         logger.close()
         cleanup_distributed()
-    if stopping:
-        if rank == 0:
-            why = "time budget reached" if stop.signal is None else "interrupted"
-            print(f"{why}: saved {out / 'last.pt'} at step {step}; continue with --resume")
-        sys.exit(stop.exit_code())
+    stop.finish(stopping, out / "last.pt", step, verbose=rank == 0)
 
 
 @torch.no_grad()

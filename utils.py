@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
 import os
 import random
 import re
@@ -388,15 +389,16 @@ def check_finite(value: torch.Tensor, step: int, ckpt_dir, what: str = "loss") -
 
 
 class GracefulStop:
-    """Turns Ctrl-C (SIGINT) and SIGTERM (e.g. cluster pre-emption) into a request that
-    the training loop honours between steps, so the checkpoint it then writes holds a
-    finished step, never a half-applied one. Another signal over a second later aborts
-    at once; sooner, it is the same Ctrl-C again (torchrun forwards the terminal's
-    SIGINT to workers that already got it).
+    """Turns Ctrl-C (SIGINT), SIGTERM (e.g. cluster pre-emption) and the end of a time
+    budget into a request that the training loop honours between steps, so the
+    checkpoint it then writes holds a finished step, never a half-applied one. Another
+    signal over a second later aborts at once; sooner, it is the same Ctrl-C again
+    (torchrun forwards the terminal's SIGINT to workers that already got it).
     """
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, time_budget_minutes: float = 0.0):
         self.device, self.signal, self._since = device, None, 0.0
+        self._deadline = time.time() + 60 * time_budget_minutes if time_budget_minutes else math.inf
         self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def _handle(self, signum, frame) -> None:
@@ -407,22 +409,30 @@ class GracefulStop:
         elif time.monotonic() - self._since > 1.0:
             raise KeyboardInterrupt
 
-    def requested(self, also: bool = False) -> bool:
-        """True once a signal arrived (or `also`) on any rank: under DDP all ranks must
-        leave the loop at the same step, or the others would wait forever (collective)."""
-        flag = torch.tensor(float(self.signal is not None or also), device=self.device)
+    def requested(self) -> bool:
+        """True once a signal arrived or the budget ran out on any rank: under DDP all ranks
+        must leave the loop at the same step, or the others would wait forever (collective)."""
+        flag = torch.tensor(float(self.signal is not None or time.time() > self._deadline),
+                            device=self.device)
         if _distributed():
             import torch.distributed as dist
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
-    def exit_code(self) -> int:
-        """128 + signal number (130 for Ctrl-C, 143 for SIGTERM), as shells report it; 0 if none."""
-        return 128 + self.signal if self.signal is not None else 0
-
     def restore(self) -> None:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
+
+    def finish(self, stopped: bool, checkpoint: Path, step: int, verbose: bool) -> None:
+        """After the loop: say why it stopped early. A signal ends the process with the
+        shell's code for it (130 for Ctrl-C, 143 for SIGTERM); a spent budget returns."""
+        if not stopped:
+            return
+        if verbose:
+            why = "time budget reached" if self.signal is None else "interrupted"
+            print(f"{why}: saved {checkpoint} at step {step}; continue with --resume")
+        if self.signal is not None:
+            sys.exit(128 + self.signal)
 
 
 class RunLogger:

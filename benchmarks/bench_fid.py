@@ -18,28 +18,15 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import scipy.linalg
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from metrics.fid import load_images  # noqa: E402
-from metrics.frechet import compute_statistics, frechet_distance  # noqa: E402
+from metrics.frechet import compute_statistics, frechet_distance, frechet_distance_sqrtm  # noqa: E402
 from metrics.inception import inception_features, load_inception, preprocess  # noqa: E402
 
 CAT_FACE = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "cat_face"
-
-
-def scipy_frechet(mu1, sigma1, mu2, sigma2, eps=1e-6) -> float:
-    """The classic pytorch-fid computation with the general scipy.linalg.sqrtm."""
-    diff = mu1 - mu2
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
-        if not np.isfinite(covmean).all():
-            offset = np.eye(len(sigma1)) * eps
-            covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean.real))
 
 
 def timed(fn, *args, **kwargs):
@@ -72,7 +59,7 @@ def compare_frechet(name: str, stats1, stats2, skip_scipy: bool, figures: Figure
     ours, figures[f"{name}_frechet_ours_s"] = timed(frechet_distance, *stats1, *stats2)
     figures[f"{name}_fid"] = ours
     if not skip_scipy:
-        ref, figures[f"{name}_frechet_scipy_s"] = timed(scipy_frechet, *stats1, *stats2)
+        ref, figures[f"{name}_frechet_scipy_s"] = timed(frechet_distance_sqrtm, *stats1, *stats2)
         figures[f"{name}_fid_scipy"] = ref
         figures[f"{name}_fid_rel_diff"] = abs(ours - ref) / abs(ref)
         figures[f"{name}_frechet_speedup"] = (figures[f"{name}_frechet_scipy_s"]
@@ -123,17 +110,20 @@ def compare_extractors(images: torch.Tensor, batch_size: int, figures: Figures) 
 
 
 def folder_features(folder: Path, cache_dir: Path, batch_size: int, figures: Figures,
-                    name: str, chunk: int = 500) -> np.ndarray:
-    """Inception features (N, 2048) of a folder, cached in chunks of `chunk` images as
-    .npy files, so reruns (and runs interrupted on a busy machine) skip finished work."""
+                    name: str, chunk: int = 500, limit: int | None = None) -> np.ndarray:
+    """Inception features (N, 2048) of a folder (its first `limit` images), cached in
+    chunks of `chunk` images as .npy files, so reruns (and runs interrupted on a busy
+    machine) skip finished work."""
     images, figures[f"{name}_load_s"] = timed(load_images, folder, num_workers=2)
+    images = images[:limit]
     tag = hashlib.md5(str(folder.resolve()).encode()).hexdigest()[:8]  # cache per folder
     cache_dir.mkdir(parents=True, exist_ok=True)
     parts, extracted, took = [], 0, 0.0
     for start in range(0, len(images), chunk):
-        part = cache_dir / f"{name}_{tag}_{start:06d}_{chunk}.npy"
+        end = min(start + chunk, len(images))
+        part = cache_dir / f"{name}_{tag}_{start:06d}-{end:06d}.npy"
         if not part.is_file():
-            feats, seconds = timed(inception_features, images[start:start + chunk],
+            feats, seconds = timed(inception_features, images[start:end],
                                    load_inception("cpu"), batch_size)
             np.save(part, feats)
             extracted, took = extracted + len(feats), took + seconds
@@ -201,7 +191,9 @@ def run(args) -> dict:
         half = len(val_feats) // 2
         compare_frechet("val_halves", compute_statistics(val_feats[:half]),
                         compute_statistics(val_feats[half:]), args.skip_scipy, figures)
-        train_feats = folder_features(Path(args.train), cache_dir, args.batch_size, figures, "train")
+        train_feats = folder_features(Path(args.train), cache_dir, args.batch_size, figures, "train",
+                                      limit=args.train_limit)
+        figures["train_images"] = len(train_feats)
         compare_frechet("val_vs_train", compute_statistics(val_feats),
                         compute_statistics(train_feats), args.skip_scipy, figures)
     return dict(figures)
@@ -222,6 +214,8 @@ def main(argv=None) -> None:
                         help="images on which the extractor variants are compared")
     parser.add_argument("--skip-scipy", action="store_true", help="skip scipy.linalg.sqrtm (~100 s each)")
     parser.add_argument("--report", action="store_true", help="FID of val halves and val vs train")
+    parser.add_argument("--train-limit", type=int, default=None,
+                        help="--report: val against the first N train images (default: all)")
     run(parser.parse_args(argv))
 
 

@@ -5,6 +5,8 @@ same run, written to benchmarks/RESULTS.md with the machine it ran on.
 
 --quick is a smoke run (small batches, one repeat); --config tiny a faster one still.
 The FID figures come from benchmarks/bench_fid.py (cat_face data; skipped with --skip-fid).
+With --quality-ckpt and --masked-dir, benchmarks/bench_precision.py adds the bf16-vs-fp32
+FID of that trained model.
 """
 from __future__ import annotations
 
@@ -17,11 +19,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import bench_inpaint, bench_token_cache, bench_train  # noqa: E402
+from benchmarks import bench_inpaint, bench_precision, bench_token_cache, bench_train  # noqa: E402
 from benchmarks.common import Row, add_common_args, machine, table  # noqa: E402
 from utils import resolve_device  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+ROOT_RUNS = Path(__file__).resolve().parents[1] / "runs"
 
 
 def fid_rows(quick: bool) -> list[Row]:
@@ -35,7 +38,7 @@ def fid_rows(quick: bool) -> list[Row]:
         pred=None, n=100 if quick else 747, val=str(bench_fid.CAT_FACE / "val"),
         train=str(bench_fid.CAT_FACE / "train"), gt_stats="/tmp/fid_bench/cat_face_val_stats.npz",
         cache_dir="/tmp/fid_bench", batch_size=50, baseline_images=50 if quick else 200,
-        skip_scipy=True, report=False)
+        skip_scipy=True, report=False, train_limit=None)
     f = bench_fid.run(args)
     return [Row(f"FID end-to-end, {f['e2e_images']} images vs cached GT stats", f["e2e_wall_s"],
                 unit="s", higher=False,
@@ -63,6 +66,8 @@ def main(argv=None):
     add_common_args(p)
     p.add_argument("--skip-fid", action="store_true", help="leave out the FID benchmark")
     p.add_argument("--out", default=str(RESULTS), help="where to write the Markdown results")
+    p.add_argument("--quality-ckpt", help="trained transformer: measure bf16's effect on its FID")
+    p.add_argument("--masked-dir", help="masked set (with gt/) for --quality-ckpt")
     args = p.parse_args(argv)
     device = args.device
     info = machine(resolve_device(device))
@@ -75,6 +80,11 @@ def main(argv=None):
     ]
     if not args.skip_fid:
         sections.append(("FID", lambda: fid_rows(args.quick)))
+    if args.quality_ckpt:
+        if not args.masked_dir:
+            p.error("--quality-ckpt needs --masked-dir")
+        sections.append(("bf16 quality", lambda: bench_precision.run(
+            args.quality_ckpt, args.masked_dir, ROOT_RUNS / "bench" / "precision", device)))
     rows = []
     for name, bench in sections:
         print(f"\n== {name}", flush=True)

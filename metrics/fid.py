@@ -19,22 +19,18 @@ import numpy as np
 import torch
 from PIL import Image
 
+from data.images import list_images, open_image, to_rgb
 from metrics.frechet import compute_statistics, frechet_distance
 from metrics.inception import FEATURE_DIM, inception_features, load_inception
 from utils import UserError, ensure_writable_dir, resolve_device
 
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
 CSV_IMAGE_SHAPE = (64, 64, 3)  # lab CSV: one image per row, HWC, values 0..255
 
 
 # ----------------------------------------------------------------------------- images
 
 def _read_image(file: Path) -> np.ndarray:
-    try:
-        with Image.open(file) as im:
-            return np.asarray(im.convert("RGB"))  # (H, W, 3) uint8
-    except OSError as e:
-        raise UserError(f"cannot read image {file} ({e}); remove or replace it") from None
+    return np.asarray(to_rgb(open_image(file)))  # (H, W, 3) uint8
 
 
 def load_folder(folder: Path, num_workers: int = 0) -> torch.Tensor:
@@ -43,10 +39,7 @@ def load_folder(folder: Path, num_workers: int = 0) -> torch.Tensor:
     Images whose size differs from the first one's are resized (bilinear) to it.
     `num_workers` > 0 decodes in threads (PIL releases the GIL while decoding).
     """
-    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)
-    if not files:
-        raise UserError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) in folder {folder}; "
-                        f"point to a folder of images")
+    files = list_images(folder, "the FID path")
     if num_workers > 0:
         with ThreadPoolExecutor(num_workers) as pool:
             arrays = list(pool.map(_read_image, files))

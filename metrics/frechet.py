@@ -5,6 +5,8 @@ Gaussians.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from utils import UserError
@@ -67,3 +69,20 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray,
     diff = mu1 - mu2
     d = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt_product(sigma1, sigma2)
     return max(float(d), 0.0)
+
+
+def frechet_distance_sqrtm(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+    """The classic pytorch-fid computation with the general `scipy.linalg.sqrtm` of the
+    non-symmetric product (an epsilon on the diagonal when it fails, the complex part
+    dropped): the reference the tests and benchmarks hold `frechet_distance` to.
+    About 100 s at 2048-d on 2 CPU cores."""
+    import scipy.linalg  # only the reference needs scipy
+
+    diff = mu1 - mu2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sqrtm warns on singular products; handled below
+        covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+        if not np.isfinite(covmean).all():
+            offset = np.eye(len(sigma1)) * eps
+            covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean.real))

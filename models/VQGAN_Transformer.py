@@ -83,21 +83,27 @@ class MaskGit(nn.Module):
         z_q, indices, _ = self.vqgan.encode(x)
         return z_q, indices
 
-    def forward(self, indices: torch.Tensor, masking: str = "maskgit", generator=None):
+    def forward(self, indices: torch.Tensor, masking: str = "maskgit", generator=None,
+                region: torch.Tensor | None = None):
         """Masked visual token modelling on indices (B, N) in [0, K).
 
-        'maskgit': per sample r ~ U(0, 1), ceil(gamma(r) * N) random tokens masked, and
-        the loss counts masked tokens only. 'bernoulli': each token masked with p = 0.5,
-        loss on every token (the variant common in lab reports).
+        'maskgit': per sample r ~ U(0, 1), ceil(gamma(r) * M) random tokens masked out of
+        the M tokens of `region` (B, N) bool (default: all N), and the loss counts masked
+        tokens only. A region shaped like an inpainting hole trains exactly the situation
+        decoding starts from. 'bernoulli': each token masked with p = 0.5, loss on every
+        token (the variant common in lab reports).
         Returns (logits (B, N, K+1), target (B, N), loss_weight (B, N) float).
         """
         b, n = indices.shape
         dev = indices.device
         if masking == "maskgit":
+            if region is None:
+                region = torch.ones(b, n, dtype=torch.bool, device=dev)
+            size = region.sum(-1)  # (B,)
             r = torch.rand(b, device=dev, generator=generator)
-            n_mask = torch.ceil(self.gamma(r) * n).clamp(1, n).long()  # (B,)
-            scores = torch.rand(b, n, device=dev, generator=generator)
-            rank = scores.argsort(dim=-1).argsort(dim=-1)
+            n_mask = torch.minimum(torch.ceil(self.gamma(r) * size).long().clamp_min(1), size)
+            scores = torch.rand(b, n, device=dev, generator=generator).masked_fill(~region, 2.0)
+            rank = scores.argsort(dim=-1).argsort(dim=-1)  # tokens outside the region rank last
             masked = rank < n_mask.unsqueeze(-1)  # (B, N)
             weight = masked.float()
         elif masking == "bernoulli":

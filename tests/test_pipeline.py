@@ -58,12 +58,25 @@ def test_pipeline_writes_every_stage(demo):
 def test_pipeline_reuses_given_checkpoint_and_masked_set(demo, tmp_path):
     out, summary = demo
     again = pipeline.main(["--out", str(tmp_path), "--transformer-ckpt", str(summary["transformer_ckpt"]),
-                           "--masked-dir", str(out / "masked")] + TINY)
+                           "--masked-dir", str(out / "masked"), "--composite"] + TINY)
     assert not (tmp_path / "vqgan").exists() and not (tmp_path / "transformer").exists()
     assert not (tmp_path / "masked").exists()
     # same model, masks and seed: the same images, hence the same FIDs
     assert again["fid_inpainting"] == pytest.approx(summary["fid_inpainting"], abs=1e-6)
     assert again["fid_reconstruction"] == pytest.approx(summary["fid_reconstruction"], abs=1e-6)
+    assert summary["fid_inpainting_pasted"] is None  # only with --composite
+    for key in ("fid_inpainting_pasted", "fid_reconstruction_pasted"):
+        assert math.isfinite(again[key]) and again[key] > 0
+    # pasted = known pixels of the ground truth, the rest from the unpasted image
+    for pasted, raw in (("test_results_pasted", "inpainting/test_results"),
+                        ("reconstructions_pasted", "reconstructions")):
+        assert len(files(tmp_path / pasted)) == 8
+        for i, name in ((0, files(out / "masked" / "gt")[0]), (7, files(out / "masked" / "gt")[7])):
+            known = np.asarray(Image.open(out / "masked" / "mask64" / name)) == 255
+            got = np.asarray(Image.open(tmp_path / pasted / f"image_{i:03d}.png"))
+            gt = np.asarray(Image.open(out / "masked" / "gt" / name))
+            unpasted = np.asarray(Image.open(tmp_path / raw / f"image_{i:03d}.png"))
+            assert np.array_equal(got[known], gt[known]) and np.array_equal(got[~known], unpasted[~known])
 
 
 def test_pipeline_rejects_data_without_splits(tmp_path):
@@ -91,6 +104,32 @@ def test_experiments_sweep_is_reproducible(demo, tmp_path):
 
     experiments.main(argv + ["--out", str(tmp_path / "b")])
     assert (tmp_path / "b" / "results.csv").read_text() == table
+
+
+def test_experiments_composite_keeps_known_pixels(demo, tmp_path):
+    out, summary = demo
+    rows = experiments.main(["--load-transformer-ckpt-path", str(summary["transformer_ckpt"]),
+                             "--masked-dir", str(out / "masked"), "--mask-funcs", "cosine",
+                             "--total-iters", "2", "--composite", "--device", "cpu",
+                             "--out", str(tmp_path)])
+    assert len(rows) == 1 and math.isfinite(rows[0]["fid"])
+    masked = sorted((out / "masked" / "masked_image").glob("*.png"))
+    masks = sorted((out / "masked" / "mask64").glob("*.png"))
+    for i in (0, len(masked) - 1):
+        known = np.asarray(Image.open(masks[i])) == 255
+        result = np.asarray(Image.open(tmp_path / "cosine_iter2" / "test_results" / f"image_{i:03d}.png"))
+        assert np.array_equal(result[known], np.asarray(Image.open(masked[i]).convert("RGB"))[known])
+
+
+def test_bf16_quality_benchmark_runs_on_a_trained_model(demo, tmp_path):
+    from benchmarks import bench_precision
+    out, summary = demo
+    rows = bench_precision.run(summary["transformer_ckpt"], out / "masked", tmp_path, "cpu", total_iter=2)
+    assert [r.unit for r in rows] == ["FID", "FID", "images/s"]
+    assert all(math.isfinite(r.ours) and math.isfinite(r.baseline) and r.ours > 0 for r in rows)
+    for folder in ("fp32", "bf16"):
+        assert len(files(tmp_path / folder / "test_results")) == 8
+        assert len(files(tmp_path / f"{folder}_pasted")) == 8
 
 
 def test_sweep_settings_skip_sweet_spots_past_the_end():

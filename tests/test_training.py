@@ -44,6 +44,38 @@ def test_maskgit_masking_counts_follow_gamma(maskgit):
     assert torch.equal(fed[~weight.bool()], indices[~weight.bool()])
 
 
+def test_maskgit_masking_stays_inside_region(maskgit):
+    k, n, b = maskgit.mask_token_id, maskgit.num_image_tokens, 16
+    indices = torch.randint(0, k, (b, n), generator=torch.Generator().manual_seed(1))
+    region = torch.rand(b, n, generator=torch.Generator().manual_seed(2)) < 0.3
+    region[0] = False  # an empty region masks nothing
+    with torch.no_grad():
+        _, _, weight = maskgit(indices, "maskgit", generator=torch.Generator().manual_seed(5),
+                               region=region)
+    masked = weight.bool()
+    assert not masked[~region].any()
+    r = torch.rand(b, generator=torch.Generator().manual_seed(5))
+    size = region.sum(-1).tolist()
+    expected = [min(m, max(1, math.ceil(maskgit.gamma(float(ri)) * m))) for ri, m in zip(r, size)]
+    assert masked.sum(-1).tolist() == expected and expected[0] == 0
+    # the full region is the default masking, draw for draw
+    with torch.no_grad():
+        _, _, full = maskgit(indices, "maskgit", generator=torch.Generator().manual_seed(5),
+                             region=torch.ones(b, n, dtype=torch.bool))
+        _, _, default = maskgit(indices, "maskgit", generator=torch.Generator().manual_seed(5))
+    assert torch.equal(full, default)
+
+
+def test_hole_regions_cover_lab_holes():
+    holes = training_transformer.hole_regions(64, 64, 16, seed=0)
+    assert holes.shape == (64, 256) and holes.dtype == torch.bool
+    frac = holes.float().mean(-1)
+    # 10-30 % of the pixels lie in a hole; every 4x4 patch touching one counts as unknown
+    assert (frac > 0.10).all() and (frac < 0.75).all()
+    assert torch.equal(holes, training_transformer.hole_regions(64, 64, 16, seed=0))
+    assert not torch.equal(holes, training_transformer.hole_regions(64, 64, 16, seed=1))
+
+
 def test_bernoulli_masking_weights_every_token(maskgit):
     k, n = maskgit.mask_token_id, maskgit.num_image_tokens
     indices = torch.randint(0, k, (8, n), generator=torch.Generator().manual_seed(2))
@@ -96,3 +128,26 @@ def test_tiny_training_run(tmp_path):
         assert ck["config"]["model_param"]["Transformer_param"]["dim"] == 64
         assert "tok_emb.weight" in ck["model"]
     assert load_checkpoint(out / "last.pt")["epoch"] == 3
+
+
+def test_tiny_training_run_with_hole_masking(tmp_path):
+    out = tmp_path / "ck"
+    training_transformer.main([
+        "--MaskGitConfig", str(MASKGIT_TINY), "--checkpoint-path", str(out),
+        "--token-cache", str(tmp_path / "cache"), "--epochs", "2", "--partial", "0.05",
+        "--batch-size", "8", "--hole-masking", "0.5",
+        "--set", f"model_param.VQ_Configs.VQ_config_path={VQ_TINY}", "train_param.warmup_steps=5"])
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["val_loss"] < math.log(65)
+    assert load_checkpoint(out / "last.pt")["config"]["train_param"]["hole_masking"] == 0.5
+
+
+@pytest.mark.parametrize("flags, message", [(["--hole-masking", "1.5"], r"\[0, 1\]"),
+                                            (["--hole-masking", "0.5", "--masking", "bernoulli"],
+                                             "needs masking: maskgit")])
+def test_hole_masking_bad_values_are_user_errors(tmp_path, flags, message):
+    with pytest.raises(UserError, match=message):
+        training_transformer.main([
+            "--MaskGitConfig", str(MASKGIT_TINY), "--checkpoint-path", str(tmp_path / "ck"),
+            "--token-cache", str(tmp_path / "cache"), "--partial", "0.05", *flags,
+            "--set", f"model_param.VQ_Configs.VQ_config_path={VQ_TINY}"])
