@@ -1,4 +1,5 @@
-"""Sweep the decoding settings of a trained MaskGIT: mask function x total iterations x sweet spot.
+"""Sweep the decoding settings of a trained MaskGIT: mask function x total iterations x sweet
+spot (the lab's table), optionally x sampling temperature x choice temperature.
 
     python experiments.py --load-transformer-ckpt-path runs/demo/transformer/best.pt \\
         --masked-dir runs/demo/masked --mask-funcs cosine linear square \\
@@ -9,13 +10,15 @@ against the ground truth (its Inception statistics are computed once, <out>/gt_s
 Writes <out>/results.csv, results.md, fid_vs_iter.png and decoding_<schedule>.png (the
 step-by-step decoding of image 0). Decoding is seeded per image, so a rerun with the
 same seed reproduces the table exactly. A sweet spot >= total iterations stops nowhere,
-so it is skipped as a duplicate of -1.
+so it is skipped as a duplicate of -1. `--temperatures` / `--choice-temperatures` add
+those axes (default: the checkpoint config's values, not swept).
 """
 from __future__ import annotations
 
 import argparse
 import csv
 from pathlib import Path
+from typing import NamedTuple
 
 import matplotlib
 import numpy as np
@@ -25,12 +28,12 @@ from data import MaskedImageDataset, normalization
 from inpainting import check_schedule_args, inpaint_dataset, load_maskgit
 from metrics.fid import calculate_fid_given_paths, save_statistics
 from models.schedules import gamma_func
-from utils import UserError, ensure_writable_dir, resolve_device, run_cli
+from utils import UserError, check_positive, ensure_writable_dir, resolve_device, run_cli
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
-FIELDS = ["mask_func", "total_iter", "sweet_spot", "fid"]
+FIELDS = ["mask_func", "total_iter", "sweet_spot", "temperature", "choice_temperature", "fid"]
 LINE_STYLES = ["-", "--", ":", "-."]
 
 
@@ -43,6 +46,10 @@ def parse_args(argv=None):
     p.add_argument("--mask-funcs", nargs="+", default=["cosine", "linear", "square"])
     p.add_argument("--total-iters", nargs="+", type=int, default=[7, 8, 10, 12])
     p.add_argument("--sweet-spots", nargs="+", type=int, default=[-1])
+    p.add_argument("--temperatures", nargs="+", type=float, default=[None],
+                   help="token sampling temperatures, 0 = most likely token (default: the config's)")
+    p.add_argument("--choice-temperatures", nargs="+", type=float, default=[None],
+                   help="Gumbel noise scales on the confidence (default: the config's)")
     p.add_argument("--out", default="runs/sweep")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32)
@@ -52,19 +59,35 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def sweep_settings(mask_funcs, total_iters, sweet_spots) -> list[tuple[str, int, int]]:
-    """Every (mask_func, total_iter, sweet_spot), minus sweet spots that never stop early."""
+class Setting(NamedTuple):
+    mask_func: str
+    total_iter: int
+    sweet_spot: int
+    temperature: float | None = None  # None: the model's own
+    choice_temperature: float | None = None
+
+    @property
+    def name(self) -> str:
+        return (f"{self.mask_func}_iter{self.total_iter}"
+                + ("" if self.sweet_spot == -1 else f"_sweet{self.sweet_spot}")
+                + ("" if self.temperature is None else f"_temp{self.temperature:g}")
+                + ("" if self.choice_temperature is None else f"_choice{self.choice_temperature:g}"))
+
+
+def sweep_settings(mask_funcs, total_iters, sweet_spots, temperatures=(None,),
+                   choice_temperatures=(None,)) -> list[Setting]:
+    """Every combination, minus sweet spots that never stop early."""
     for f in mask_funcs:
         gamma_func(f)  # unknown names fail before any work
     for t in total_iters:
         for s in sweet_spots:
             check_schedule_args(t, s)
-    return [(f, t, s) for f in mask_funcs for t in total_iters for s in dict.fromkeys(sweet_spots)
-            if s == -1 or s < t]
-
-
-def setting_name(mask_func: str, total_iter: int, sweet_spot: int) -> str:
-    return f"{mask_func}_iter{total_iter}" + ("" if sweet_spot == -1 else f"_sweet{sweet_spot}")
+    check_positive({f"{flag} {v}": v for flag, values in (("--temperatures", temperatures),
+                                                           ("--choice-temperatures", choice_temperatures))
+                    for v in values if v is not None}, strict=False)
+    return [Setting(f, t, s, temp, choice) for f in mask_funcs for t in total_iters
+            for s in dict.fromkeys(sweet_spots) if s == -1 or s < t
+            for temp in dict.fromkeys(temperatures) for choice in dict.fromkeys(choice_temperatures)]
 
 
 def decoding_figure(setting_dir: Path, path: Path) -> Path:
@@ -81,24 +104,27 @@ def decoding_figure(setting_dir: Path, path: Path) -> Path:
 
 
 def plot_fid(rows: list[dict], path: Path) -> Path:
-    """FID against total iterations: one colour per schedule, one line style per sweet spot."""
+    """FID against total iterations: one colour per schedule, one line style per other
+    setting (sweet spot, temperatures)."""
+    others = lambda r: (r["sweet_spot"], r["temperature"], r["choice_temperature"])
     funcs = list(dict.fromkeys(r["mask_func"] for r in rows))
-    spots = list(dict.fromkeys(r["sweet_spot"] for r in rows))
+    variants = list(dict.fromkeys(others(r) for r in rows))
+    varying = [len({v[i] for v in variants}) > 1 for i in range(3)]
     fig, ax = plt.subplots(figsize=(6, 4))
     for f in funcs:
-        for s in spots:
-            pts = sorted((r["total_iter"], r["fid"]) for r in rows
-                         if r["mask_func"] == f and r["sweet_spot"] == s)
+        for v in variants:
+            pts = sorted((r["total_iter"], r["fid"]) for r in rows if r["mask_func"] == f and others(r) == v)
             if pts:
+                parts = [f] + [f"{label} {value:g}" for label, value, show in
+                               zip(("sweet spot", "temp", "choice"), v, varying) if show and value != -1]
                 ax.plot(*zip(*pts), marker="o", color=f"C{funcs.index(f)}",
-                        linestyle=LINE_STYLES[spots.index(s) % len(LINE_STYLES)],
-                        label=f if s == -1 else f"{f}, sweet spot {s}")
+                        linestyle=LINE_STYLES[variants.index(v) % len(LINE_STYLES)], label=", ".join(parts))
     ax.set_xticks(sorted({r["total_iter"] for r in rows}))
     ax.set_xlabel("total iterations T")
     ax.set_ylabel("FID (lower is better)")
     ax.set_title("Inpainting FID vs decoding steps")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -111,30 +137,39 @@ def write_tables(rows: list[dict], out: Path) -> None:
         writer = csv.DictWriter(f, FIELDS)
         writer.writeheader()
         writer.writerows({**r, "fid": f"{r['fid']:.4f}"} for r in rows)
-    md = "| mask function | total iter | sweet spot | FID |\n|---|---|---|---|\n"
-    md += "".join(f"| {r['mask_func']} | {r['total_iter']} | {r['sweet_spot']} | {r['fid']:.4f} |\n"
-                  for r in rows)
+    md = ("| mask function | total iter | sweet spot | temperature | choice temperature | FID |\n"
+          "|---|---|---|---|---|---|\n")
+    md += "".join(f"| {r['mask_func']} | {r['total_iter']} | {r['sweet_spot']} | {r['temperature']:g} "
+                  f"| {r['choice_temperature']:g} | {r['fid']:.4f} |\n" for r in rows)
     (out / "results.md").write_text(md)
 
 
-def run_sweep(model, dataset, gt_stats: Path, out: Path, settings, seed: int = 0,
+def run_sweep(model, dataset, gt_stats: Path, out: Path, settings: list[Setting], seed: int = 0,
               batch_size: int = 32, precision: str = "fp32", composite: bool = False) -> list[dict]:
     """Inpaint and score every setting; returns one row per setting (FIELDS)."""
     device = next(model.transformer.parameters()).device
+    own = model.temperature, model.choice_temperature
     rows = []
-    for mask_func, total_iter, sweet_spot in settings:
-        folder = out / setting_name(mask_func, total_iter, sweet_spot)
-        results = inpaint_dataset(model, dataset, folder, total_iter, mask_func, sweet_spot,
-                                  batch_size, seed, precision, save_steps=1, composite=composite)
-        fid = calculate_fid_given_paths(results, gt_stats, device)
-        rows.append({"mask_func": mask_func, "total_iter": total_iter, "sweet_spot": sweet_spot, "fid": fid})
-        print(f"{folder.name}: FID {fid:.4f}")
+    try:
+        for st in settings:
+            model.temperature = own[0] if st.temperature is None else st.temperature
+            model.choice_temperature = own[1] if st.choice_temperature is None else st.choice_temperature
+            results = inpaint_dataset(model, dataset, out / st.name, st.total_iter, st.mask_func,
+                                      st.sweet_spot, batch_size, seed, precision, save_steps=1,
+                                      composite=composite)
+            fid = calculate_fid_given_paths(results, gt_stats, device)
+            rows.append({**st._asdict(), "temperature": model.temperature,
+                         "choice_temperature": model.choice_temperature, "fid": fid})
+            print(f"{st.name}: FID {fid:.4f}")
+    finally:
+        model.temperature, model.choice_temperature = own
     return rows
 
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
-    settings = sweep_settings(args.mask_funcs, args.total_iters, args.sweet_spots)
+    settings = sweep_settings(args.mask_funcs, args.total_iters, args.sweet_spots,
+                              args.temperatures, args.choice_temperatures)
     if not settings:
         raise UserError("every sweet spot is >= every total iteration; nothing to run")
     masked = Path(args.masked_dir)
@@ -158,8 +193,9 @@ def main(argv=None) -> list[dict]:
     plot_fid(rows, out / "fid_vs_iter.png")
     for mask_func in dict.fromkeys(args.mask_funcs):
         # the longest full decoding of each schedule shows the most steps
-        f, t, s = max((st for st in settings if st[0] == mask_func), key=lambda st: (st[2] == -1, st[1]))
-        decoding_figure(out / setting_name(f, t, s), out / f"decoding_{mask_func}.png")
+        st = max((st for st in settings if st.mask_func == mask_func),
+                 key=lambda st: (st.sweet_spot == -1, st.total_iter))
+        decoding_figure(out / st.name, out / f"decoding_{mask_func}.png")
     print(f"\n{(out / 'results.md').read_text()}\nwrote {out / 'results.csv'}, "
           f"{out / 'fid_vs_iter.png'} and decoding_<schedule>.png")
     return rows

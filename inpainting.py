@@ -46,7 +46,10 @@ def parse_args(argv=None):
                    help="stop after this many steps; -1 (or >= --total-iter) runs them all")
     p.add_argument("--total-iter", type=int, default=7)
     p.add_argument("--mask-func", default=None, help="schedule (default: the config's gamma_type)")
-    p.add_argument("--choice-temperature", type=float, default=None)
+    p.add_argument("--choice-temperature", type=float, default=None,
+                   help="Gumbel noise on the confidence (default: the config's)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="token sampling temperature, 0 = most likely token (default: the config's, else 1)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="bf16: the fast path (every network under bf16 autocast)")
     p.add_argument("--seed", type=int, default=0)
@@ -156,7 +159,8 @@ def generate(model: MaskGit, n: int, out_dir, total_iter: int = 12, mask_func: s
         tokens = torch.full((len(idx), model.num_image_tokens), model.mask_token_id, device=device)
         final, _ = iterative_decode(model.transformer, tokens, total_iter, gamma,
                                     model.choice_temperature, image_generators(idx, seed, device),
-                                    autocast=lambda: autocast(device, precision))
+                                    autocast=lambda: autocast(device, precision),
+                                    temperature=model.temperature)
         with autocast(device, precision):
             out = model.vqgan.decode_indices(final).float()
         for i, img in zip(idx, to_uint8(denormalize(out, mean, std))):
@@ -168,15 +172,20 @@ def main(argv=None):
     args = parse_args(argv)
     check_schedule_args(args.total_iter, args.sweet_spot)
     check_positive({"--batch-size": args.batch_size})
+    check_positive({flag: v for flag, v in (("--temperature", args.temperature),
+                                            ("--choice-temperature", args.choice_temperature))
+                    if v is not None}, strict=False)
     if args.mask_func:
         MaskGit.gamma_func(args.mask_func)  # reject an unknown schedule before any work
     device = resolve_device(args.device)
     # bf16 is the fast path: autocast everywhere, and the faster attention kernel there
-    fast = args.precision == "bf16" and fused_is_faster(device)
+    fast = args.precision == "bf16" and fused_is_faster(device, training=False)
     model = load_maskgit(args.load_transformer_ckpt_path, args.MaskGitConfig, device,
                          fused_attention=True if fast else None)
     if args.choice_temperature is not None:
         model.choice_temperature = args.choice_temperature
+    if args.temperature is not None:
+        model.temperature = args.temperature
     ensure_writable_dir(args.out)
     if args.generate:
         results = generate(model, args.generate, args.out, args.total_iter, args.mask_func,

@@ -34,8 +34,8 @@ from inpainting import load_maskgit, inpaint_dataset
 from metrics.fid import calculate_fid_given_paths, load_images, save_statistics
 from models.schedules import gamma_func
 from report import write_report
-from utils import (REPO_ROOT, UserError, ensure_writable_dir, load_config, resolve_device,
-                   resolve_path, run_cli)
+from utils import (REPO_ROOT, UserError, check_positive, ensure_writable_dir, load_config,
+                   resolve_device, resolve_path, run_cli)
 
 DEMO_TIME_BUDGET = 3.0  # minutes per training stage on the generated data: the demo stays < 10 min
 
@@ -65,6 +65,8 @@ def parse_args(argv=None):
     p.add_argument("--mask-kind", default="lab", choices=["lab", "box", "outpaint"])
     p.add_argument("--total-iter", type=int, default=7)
     p.add_argument("--mask-func", default=None, help="decoding schedule (default: the config's)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="token sampling temperature, 0 = most likely token (default: the config's)")
     p.add_argument("--batch-size", type=int, default=32, help="inpainting batch")
     p.add_argument("--save-steps", type=int, default=4, help="step pictures for the first N images")
     p.add_argument("--examples", type=int, default=8, help="examples shown on the results page")
@@ -195,6 +197,8 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.mask_func:
         gamma_func(args.mask_func)  # an unknown schedule fails now, not after training
+    if args.temperature is not None:
+        check_positive({"--temperature": args.temperature}, strict=False)
     if args.data and not all((Path(args.data) / s).is_dir() for s in ("train", "val")):
         raise UserError(f"--data {args.data} must hold train/ and val/ image folders")
     out = ensure_writable_dir(args.out)
@@ -204,6 +208,8 @@ def main(argv=None) -> dict:
 
     tr_ckpt, config = train_stages(args, out, timings)
     model = load_maskgit(tr_ckpt, config, device)
+    if args.temperature is not None:
+        model.temperature = args.temperature
     res = model.vq_config["img_resolution"]
 
     t = time.time()
@@ -231,6 +237,7 @@ def main(argv=None) -> dict:
                 "mask kind": "given" if args.masked_dir else args.mask_kind,
                 "total iterations": args.total_iter,
                 "mask function": args.mask_func or model.gamma.__name__.removeprefix("gamma_"),
+                "sampling temperature": model.temperature,
                 "seed": args.seed, "device": device}
     report = write_report(out, scores, settings, timings, examples,
                           steps if steps[0].is_file() else None)

@@ -124,12 +124,13 @@ def require_keys(cfg: dict, keys: list[str], where: str) -> None:
 REPO_ROOT = Path(__file__).resolve().parent
 
 
-def check_positive(values: dict, where: str | None = None) -> None:
-    """Raise a UserError naming the first of `values` (name -> value) that is not a number > 0."""
+def check_positive(values: dict, where: str | None = None, strict: bool = True) -> None:
+    """Raise a UserError naming the first of `values` (name -> value) that is not a number
+    > 0 (`strict`) or >= 0."""
     for name, v in values.items():
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v > 0 if strict else v >= 0):
             origin = f" (from {where} or its flag)" if where else ""
-            raise UserError(f"{name} = {v!r}{origin} must be a number > 0")
+            raise UserError(f"{name} = {v!r}{origin} must be a number {'>' if strict else '>='} 0")
 
 
 def resolve_path(path: str | Path, base: str | Path = REPO_ROOT) -> Path:

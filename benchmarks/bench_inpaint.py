@@ -54,8 +54,8 @@ def run(device=None, config: str = "lab", quick: bool = False, batch: int | None
     repeats = 1 if quick else 2
     model = build_maskgit(device, config)
     images, known = masked_batch(model, batch, device)
-    bf16 = fast_path(model, device, "bf16")
-    ours_fused = fused_is_faster(device)
+    bf16 = fast_path(model, device, "bf16", training=False)
+    ours_fused = fused_is_faster(device, training=False)
     batched = []
 
     def baseline(steps=total_iter):

@@ -65,7 +65,7 @@ def worker(variant: str, device, config: str, batch: int, steps: int) -> dict:
     else:
         # token ids as read from the cache (bench_token_cache times the cache itself)
         tokens = torch.randint(0, model.mask_token_id, (batch, model.num_image_tokens), device=device)
-        bf16 = fast_path(model, device, "bf16")
+        bf16 = fast_path(model, device, "bf16", training=True)
         opt = build_optimizer(model.transformer, maskgit_config(config)["train_param"])
         step = lambda: train_step(model, tokens, opt, bf16)
     if device.type == "cuda":

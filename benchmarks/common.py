@@ -119,10 +119,10 @@ def transformer_flops(params: dict, batch: int) -> float:
     return batch * (params["n_layers"] * layer + 2 * n * d * d + 2 * n * d * vocab)
 
 
-def fast_path(model: MaskGit, device, precision: str):
+def fast_path(model: MaskGit, device, precision: str, training: bool):
     """Our inference/training setting: the faster attention kernel on this device for bf16
-    (fused on CUDA, hand-written on CPU) and an autocast context factory."""
-    set_fused(model.transformer, fused_is_faster(device))
+    (fused, except for training on CPU) and an autocast context factory."""
+    set_fused(model.transformer, fused_is_faster(device, training))
     return lambda: autocast(torch.device(device), precision)
 
 

@@ -1,12 +1,12 @@
 """MaskGit: a frozen VQGAN tokenizer plus the bidirectional transformer over its tokens."""
 import contextlib
-import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils import UserError, load_checkpoint, load_config, load_weights, require_keys, resolve_path
+from utils import (UserError, check_positive, load_checkpoint, load_config, load_weights, require_keys,
+                   resolve_path)
 from .decoding import iterative_decode, token_unknown_from_pixels
 from .schedules import gamma_func
 from .Transformer import BidirectionalTransformer
@@ -59,6 +59,9 @@ class MaskGit(nn.Module):
         self.num_image_tokens = configs["num_image_tokens"]
         self.mask_token_id = configs["num_codebook_vectors"]
         self.choice_temperature = configs["choice_temperature"]
+        self.temperature = configs.get("temperature", 1.0)  # token sampling; 0 = most likely
+        check_positive({"temperature": self.temperature,
+                        "choice_temperature": self.choice_temperature}, where, strict=False)
         self.gamma = self.gamma_func(configs["gamma_type"])
         self.transformer = build_transformer(configs["Transformer_param"], where)
         grid = vqgan.latent_resolution
@@ -139,7 +142,7 @@ class MaskGit(nn.Module):
         tokens = torch.where(unknown, self.mask_token_id, indices)
         final, history = iterative_decode(self.transformer, tokens, total_iter, gamma or self.gamma,
                                           self.choice_temperature, generators, sweet_spot,
-                                          record, autocast)
+                                          record, autocast, self.temperature)
         with autocast():
             out = self.vqgan.decode_indices(final)
         return out.float(), final, history

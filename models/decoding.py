@@ -41,11 +41,14 @@ def num_masked_after(step: int, total_iter: int, n_unknown_start: torch.Tensor,
 
 def decode_step(logits: torch.Tensor, tokens: torch.Tensor, n_unknown_start: torch.Tensor,
                 step: int, total_iter: int, gamma, choice_temperature: float,
-                sample_noise: torch.Tensor, confidence_noise: torch.Tensor):
+                sample_noise: torch.Tensor, confidence_noise: torch.Tensor,
+                temperature: float = 1.0):
     """One decoding step.
 
     logits (B, N, K+1); tokens (B, N) in [0, K] with K = [MASK];
     sample_noise (B, N, K+1) and confidence_noise (B, N) are Gumbel(0, 1) samples.
+    Tokens are sampled from softmax(logits / temperature) (0: the most likely token);
+    confidence is the untempered log p of the sampled token.
     Returns (next_tokens (B, N) with re-masked positions set to K,
              sampled (B, N) in [0, K): every position filled).
     """
@@ -54,7 +57,9 @@ def decode_step(logits: torch.Tensor, tokens: torch.Tensor, n_unknown_start: tor
     logits = logits.float().clone()  # .float() returns an fp32 input itself: do not edit it
     logits[..., mask_id] = -math.inf  # never emit [MASK]
     logp = logits.log_softmax(dim=-1)
-    sampled = torch.where(unknown, (logp + sample_noise).argmax(dim=-1), tokens)  # Gumbel-max sample
+    # Gumbel-max: argmax(logp / temperature + g) is a sample of softmax(logits / temperature)
+    scores = logp / temperature + sample_noise if temperature > 0 else logp
+    sampled = torch.where(unknown, scores.argmax(dim=-1), tokens)
     ratio = (step + 1) / total_iter
     confidence = logp.gather(-1, sampled.unsqueeze(-1)).squeeze(-1)  # (B, N) log p(sampled)
     confidence = confidence + choice_temperature * (1.0 - ratio) * confidence_noise
@@ -76,13 +81,15 @@ def sample_noise(generators: list[torch.Generator], n: int, vocab: int, device) 
 @torch.inference_mode()
 def iterative_decode(transformer, tokens: torch.Tensor, total_iter: int, gamma,
                      choice_temperature: float, generators: list[torch.Generator],
-                     sweet_spot: int = -1, record: bool = False, autocast=contextlib.nullcontext):
+                     sweet_spot: int = -1, record: bool = False, autocast=contextlib.nullcontext,
+                     temperature: float = 1.0):
     """Run MaskGIT decoding on `tokens` (B, N), K at unknown positions.
 
     Stops after `sweet_spot` steps when 1 <= sweet_spot < total_iter. Returns
     (tokens (B, N) in [0, K), history) where history lists, per step, the tokens
     left masked after it (B, N) and the sampled ids (B, N) if `record`.
-    `autocast` is a context factory, e.g. for bf16.
+    `autocast` is a context factory, e.g. for bf16; `temperature` scales the sampling
+    (see `decode_step`).
     """
     steps = sweet_spot if 1 <= sweet_spot < total_iter else total_iter
     n_unknown_start = (tokens == transformer.mask_token_id).sum(-1)
@@ -93,7 +100,7 @@ def iterative_decode(transformer, tokens: torch.Tensor, total_iter: int, gamma,
             logits = transformer(tokens)
         s_noise, c_noise = sample_noise(generators, tokens.shape[1], logits.shape[-1], tokens.device)
         tokens, sampled = decode_step(logits, tokens, n_unknown_start, step, total_iter, gamma,
-                                      choice_temperature, s_noise, c_noise)
+                                      choice_temperature, s_noise, c_noise, temperature)
         if record:
             history.append((tokens.clone(), sampled.clone()))
     return sampled, history

@@ -161,6 +161,7 @@ ERRORS = {
     "inpainting-unknown-mask-func": ("inpainting", {"--mask-func": "wobbly"}, "wobbly"),
     "inpainting-total-iter-0": ("inpainting", {"--total-iter": 0}, "--total-iter 0"),
     "inpainting-batch-size-0": ("inpainting", {"--batch-size": 0}, "--batch-size = 0"),
+    "inpainting-negative-temperature": ("inpainting", {"--temperature": -0.5}, "--temperature = -0.5"),
     "inpainting-no-cuda": ("inpainting", {"--device": "cuda"}, "cuda"),
     "inpainting-unwritable-out": ("inpainting", {"--out": "{root}/a_file/sub"}, "a_file"),
     "fid-missing-folder": ("fid", {"--predicted-path": "{root}/nope"}, "nope"),

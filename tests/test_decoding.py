@@ -1,6 +1,6 @@
 """Mask schedules and MaskGIT iterative decoding: known tokens stay, the masked count
 follows the schedule, [MASK] is never emitted, sweet spots stop early, batching never
-changes results, and Gumbel-max samples follow the softmax."""
+changes results, and Gumbel-max samples follow the (tempered) softmax."""
 import math
 
 import pytest
@@ -175,16 +175,20 @@ def test_decode_step_is_pure():
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
-def test_gumbel_max_frequencies_match_softmax():
+@pytest.mark.parametrize("temperature", [1.0, 0.5, 2.0, 0.0])
+def test_gumbel_max_frequencies_match_tempered_softmax(temperature):
     draws = 20000
     logits = torch.tensor([1.0, 0.0, -1.0, 0.5, 2.0]).expand(draws, 1, 5).clone()  # id 4 = [MASK]
     tokens = torch.full((draws, 1), 4)
     g = torch.Generator().manual_seed(0)
     noise = gumbel(torch.rand(draws, 1, 5, generator=g))
     _, sampled = decode_step(logits, tokens, torch.ones(draws, dtype=torch.long), 0, 1,
-                             gamma_func("cosine"), 0.0, noise, torch.zeros(draws, 1))
+                             gamma_func("cosine"), 0.0, noise, torch.zeros(draws, 1), temperature)
     freq = torch.bincount(sampled.flatten(), minlength=5).double() / draws
-    probs = torch.softmax(logits[0, 0, :4].double(), 0)
+    if temperature == 0:  # the most likely token, always
+        probs = torch.tensor([1.0, 0, 0, 0], dtype=torch.float64)
+    else:
+        probs = torch.softmax(logits[0, 0, :4].double() / temperature, 0)
     assert freq[4] == 0
     assert (freq[:4] - probs).abs().max() < 0.02, (freq, probs)
 

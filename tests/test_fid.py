@@ -17,7 +17,8 @@ sys.path.insert(0, str(REPO))
 
 from metrics.fid import (calculate_fid_given_paths, load_images,  # noqa: E402
                          save_statistics, statistics_of_path)
-from metrics.frechet import compute_statistics, frechet_distance, frechet_distance_sqrtm  # noqa: E402
+from metrics.frechet import (compute_statistics, frechet_distance, frechet_distance_sqrtm,  # noqa: E402
+                             psd_factor, trace_sqrt_product)
 from metrics.inception import (inception_features, load_inception, preprocess,  # noqa: E402
                                tf_bilinear_weights)
 from utils import UserError  # noqa: E402
@@ -57,6 +58,37 @@ def test_frechet_matches_scipy(dim, n):
     stats_a, stats_b = compute_statistics(a), compute_statistics(b)
     ours = frechet_distance(*stats_a, *stats_b)
     assert ours == pytest.approx(frechet_distance_sqrtm(*stats_a, *stats_b), rel=1e-6)
+
+
+def test_psd_factor_stops_at_the_rank():
+    rng = np.random.default_rng(7)
+    singular = compute_statistics(rng.standard_normal((30, 64)))[1]  # rank 29 < 64
+    full = compute_statistics(rng.standard_normal((400, 64)) @ rng.standard_normal((64, 64)))[1]
+    for cov, rank in ((singular, 29), (full, 64)):
+        f = psd_factor(cov)
+        assert f.shape == (64, rank)
+        np.testing.assert_allclose(f @ f.T, cov, atol=1e-10 * np.abs(cov).max())
+
+
+def test_definite_and_singular_routes_agree():
+    """sigma1 positive definite takes the generalized eigensolver, singular sigma1 the
+    pivoted factor; tr sqrtm(AB) = tr sqrtm(BA) ties the two routes together. (Equal to
+    ~1e-9, not 1e-15: rounding leaves the zero eigenvalues at ~1e-16 of the largest, and
+    their square roots add up.)"""
+    rng = np.random.default_rng(8)
+    full = compute_statistics(rng.standard_normal((400, 64)) @ rng.standard_normal((64, 64)))[1]
+    singular = compute_statistics(rng.standard_normal((30, 64)) ** 2)[1]
+    f = psd_factor(full)
+    by_factor = np.sqrt(np.clip(np.linalg.eigvalsh(f.T @ singular @ f), 0, None)).sum()
+    assert trace_sqrt_product(full, singular) == pytest.approx(by_factor, rel=1e-8)
+    assert trace_sqrt_product(singular, full) == pytest.approx(by_factor, rel=1e-8)
+    assert trace_sqrt_product(singular, singular) == pytest.approx(np.trace(singular), rel=1e-8)
+
+
+def test_frechet_rejects_non_finite_statistics():
+    mu, sigma = np.zeros(3), np.eye(3)
+    with pytest.raises(UserError, match="NaN or inf"):
+        frechet_distance(mu, sigma, mu + np.nan, sigma)
 
 
 def test_frechet_identical_gaussians_is_zero():

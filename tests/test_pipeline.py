@@ -96,7 +96,8 @@ def test_experiments_sweep_is_reproducible(demo, tmp_path):
         ("cosine", "2", "-1"), ("cosine", "3", "-1"), ("linear", "2", "-1"), ("linear", "3", "-1")]
     assert all(math.isfinite(float(r["fid"])) for r in parsed) and len(rows) == 4
     md = (tmp_path / "a" / "results.md").read_text()
-    assert md.count("\n") == 2 + 4 and f"| linear | 3 | -1 | {rows[3]['fid']:.4f} |" in md
+    choice = rows[3]["choice_temperature"]
+    assert md.count("\n") == 2 + 4 and f"| linear | 3 | -1 | 1 | {choice:g} | {rows[3]['fid']:.4f} |" in md
     for png in ("fid_vs_iter.png", "decoding_cosine.png", "decoding_linear.png"):
         assert (tmp_path / "a" / png).stat().st_size > 0, png
     with Image.open(tmp_path / "a" / "decoding_cosine.png") as im:
@@ -104,6 +105,20 @@ def test_experiments_sweep_is_reproducible(demo, tmp_path):
 
     experiments.main(argv + ["--out", str(tmp_path / "b")])
     assert (tmp_path / "b" / "results.csv").read_text() == table
+
+
+def test_experiments_temperature_axis(demo, tmp_path):
+    out, summary = demo
+    rows = experiments.main(["--load-transformer-ckpt-path", str(summary["transformer_ckpt"]),
+                             "--masked-dir", str(out / "masked"), "--mask-funcs", "cosine",
+                             "--total-iters", "3", "--temperatures", "0", "1", "--choice-temperatures", "0",
+                             "--device", "cpu", "--out", str(tmp_path)])
+    assert [(r["temperature"], r["choice_temperature"]) for r in rows] == [(0, 0), (1, 0)]
+    greedy, sampled = (sorted((tmp_path / name / "test_results").glob("*.png"))
+                       for name in ("cosine_iter3_temp0_choice0", "cosine_iter3_temp1_choice0"))
+    assert len(greedy) == len(sampled) == 8
+    assert any(not np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+               for a, b in zip(greedy, sampled))
 
 
 def test_experiments_composite_keeps_known_pixels(demo, tmp_path):
@@ -134,7 +149,14 @@ def test_bf16_quality_benchmark_runs_on_a_trained_model(demo, tmp_path):
 
 def test_sweep_settings_skip_sweet_spots_past_the_end():
     got = experiments.sweep_settings(["cosine"], [3, 8], [-1, 5, 3, 5])
-    assert got == [("cosine", 3, -1), ("cosine", 8, -1), ("cosine", 8, 5), ("cosine", 8, 3)]
+    assert [tuple(s) for s in got] == [("cosine", 3, -1, None, None), ("cosine", 8, -1, None, None),
+                                       ("cosine", 8, 5, None, None), ("cosine", 8, 3, None, None)]
+    assert [s.name for s in got] == ["cosine_iter3", "cosine_iter8", "cosine_iter8_sweet5",
+                                     "cosine_iter8_sweet3"]
+    temps = experiments.sweep_settings(["linear"], [4], [-1], [0, 0.5], [2.0])
+    assert [s.name for s in temps] == ["linear_iter4_temp0_choice2", "linear_iter4_temp0.5_choice2"]
+    with pytest.raises(UserError, match="--temperatures -1.0 = -1.0"):
+        experiments.sweep_settings(["cosine"], [3], [-1], [-1.0])
     with pytest.raises(UserError, match="unknown mask function"):
         experiments.sweep_settings(["nope"], [3], [-1])
     with pytest.raises(UserError, match="sweet-spot"):
