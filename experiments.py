@@ -148,21 +148,16 @@ def run_sweep(model, dataset, gt_stats: Path, out: Path, settings: list[Setting]
               batch_size: int = 32, precision: str = "fp32", composite: bool = False) -> list[dict]:
     """Inpaint and score every setting; returns one row per setting (FIELDS)."""
     device = next(model.transformer.parameters()).device
-    own = model.temperature, model.choice_temperature
     rows = []
-    try:
-        for st in settings:
-            model.temperature = own[0] if st.temperature is None else st.temperature
-            model.choice_temperature = own[1] if st.choice_temperature is None else st.choice_temperature
-            results = inpaint_dataset(model, dataset, out / st.name, st.total_iter, st.mask_func,
-                                      st.sweet_spot, batch_size, seed, precision, save_steps=1,
-                                      composite=composite)
-            fid = calculate_fid_given_paths(results, gt_stats, device)
-            rows.append({**st._asdict(), "temperature": model.temperature,
-                         "choice_temperature": model.choice_temperature, "fid": fid})
-            print(f"{st.name}: FID {fid:.4f}")
-    finally:
-        model.temperature, model.choice_temperature = own
+    for st in settings:
+        results = inpaint_dataset(model, dataset, out / st.name, st.total_iter, st.mask_func,
+                                  st.sweet_spot, batch_size, seed, precision, save_steps=1,
+                                  composite=composite, temperature=st.temperature,
+                                  choice_temperature=st.choice_temperature)
+        fid = calculate_fid_given_paths(results, gt_stats, device)
+        temperature, choice = model.decoding(st.temperature, st.choice_temperature)
+        rows.append({**st._asdict(), "temperature": temperature, "choice_temperature": choice, "fid": fid})
+        print(f"{st.name}: FID {fid:.4f}")
     return rows
 
 

@@ -112,8 +112,10 @@ def step_pictures(model: MaskGit, history, masked01: torch.Tensor, mean, std):
 def inpaint_dataset(model: MaskGit, dataset: MaskedImageDataset, out_dir, total_iter: int = 7,
                     mask_func: str | None = None, sweet_spot: int = -1, batch_size: int = 32,
                     seed: int = 0, precision: str = "fp32", save_steps: int = 1,
-                    composite: bool = False, num_workers: int = 0) -> Path:
-    """Inpaint every image of `dataset`; returns the test_results folder."""
+                    composite: bool = False, num_workers: int = 0, temperature: float | None = None,
+                    choice_temperature: float | None = None) -> Path:
+    """Inpaint every image of `dataset`; returns the test_results folder. Decoding settings
+    left at None come from the model's config."""
     check_schedule_args(total_iter, sweet_spot)
     device = next(model.transformer.parameters()).device
     gamma = model.gamma_func(mask_func) if mask_func else model.gamma
@@ -128,7 +130,8 @@ def inpaint_dataset(model: MaskGit, dataset: MaskedImageDataset, out_dir, total_
         record = bool(save_steps) and int(idx[0]) < save_steps
         out, _, history = model.inpaint(images, known, total_iter, image_generators(idx, seed, device),
                                         gamma, sweet_spot, record,
-                                        autocast=lambda: autocast(device, precision))
+                                        autocast=lambda: autocast(device, precision),
+                                        temperature=temperature, choice_temperature=choice_temperature)
         out01 = denormalize(out, mean, std)
         masked01 = denormalize(images, mean, std)
         if composite:
@@ -147,20 +150,22 @@ def inpaint_dataset(model: MaskGit, dataset: MaskedImageDataset, out_dir, total_
 
 @torch.inference_mode()
 def generate(model: MaskGit, n: int, out_dir, total_iter: int = 12, mask_func: str | None = None,
-             batch_size: int = 32, seed: int = 0, precision: str = "fp32") -> Path:
-    """Unconditional samples: start from all [MASK] and decode."""
+             batch_size: int = 32, seed: int = 0, precision: str = "fp32",
+             temperature: float | None = None, choice_temperature: float | None = None) -> Path:
+    """Unconditional samples: start from all [MASK] and decode (decoding settings left at
+    None come from the model's config)."""
     check_schedule_args(total_iter, -1)
     device = next(model.transformer.parameters()).device
     gamma = model.gamma_func(mask_func) if mask_func else model.gamma
+    temp, choice = model.decoding(temperature, choice_temperature)
     mean, std = normalization(model.vq_config, "test")
     results = ensure_writable_dir(Path(out_dir) / "test_results")
     for start in range(0, n, batch_size):
         idx = range(start, min(n, start + batch_size))
         tokens = torch.full((len(idx), model.num_image_tokens), model.mask_token_id, device=device)
-        final, _ = iterative_decode(model.transformer, tokens, total_iter, gamma,
-                                    model.choice_temperature, image_generators(idx, seed, device),
-                                    autocast=lambda: autocast(device, precision),
-                                    temperature=model.temperature)
+        final, _ = iterative_decode(model.transformer, tokens, total_iter, gamma, choice,
+                                    image_generators(idx, seed, device),
+                                    autocast=lambda: autocast(device, precision), temperature=temp)
         with autocast(device, precision):
             out = model.vqgan.decode_indices(final).float()
         for i, img in zip(idx, to_uint8(denormalize(out, mean, std))):
@@ -182,14 +187,11 @@ def main(argv=None):
     fast = args.precision == "bf16" and fused_is_faster(device, training=False)
     model = load_maskgit(args.load_transformer_ckpt_path, args.MaskGitConfig, device,
                          fused_attention=True if fast else None)
-    if args.choice_temperature is not None:
-        model.choice_temperature = args.choice_temperature
-    if args.temperature is not None:
-        model.temperature = args.temperature
     ensure_writable_dir(args.out)
     if args.generate:
         results = generate(model, args.generate, args.out, args.total_iter, args.mask_func,
-                           args.batch_size, args.seed, args.precision)
+                           args.batch_size, args.seed, args.precision, args.temperature,
+                           args.choice_temperature)
     else:
         mean, std = normalization(model.vq_config, "test")
         dataset = MaskedImageDataset(args.test_maskedimage_path, args.test_mask_path,
@@ -198,7 +200,8 @@ def main(argv=None):
             dataset = torch.utils.data.Subset(dataset, range(max(1, int(len(dataset) * args.partial))))
         results = inpaint_dataset(model, dataset, args.out, args.total_iter, args.mask_func,
                                   args.sweet_spot, args.batch_size, args.seed, args.precision,
-                                  args.save_steps, args.composite, args.num_workers)
+                                  args.save_steps, args.composite, args.num_workers,
+                                  args.temperature, args.choice_temperature)
     print(f"wrote {results}")
     if args.gt_path:
         from metrics.fid import calculate_fid_given_paths

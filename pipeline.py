@@ -208,8 +208,6 @@ def main(argv=None) -> dict:
 
     tr_ckpt, config = train_stages(args, out, timings)
     model = load_maskgit(tr_ckpt, config, device)
-    if args.temperature is not None:
-        model.temperature = args.temperature
     res = model.vq_config["img_resolution"]
 
     t = time.time()
@@ -218,7 +216,8 @@ def main(argv=None) -> dict:
     dataset = MaskedImageDataset(masked / "masked_image", masked / "mask64", res, mean, std)
     inpainted = out / "inpainting"
     results = inpaint_dataset(model, dataset, inpainted, args.total_iter, args.mask_func,
-                              batch_size=args.batch_size, seed=args.seed, save_steps=args.save_steps)
+                              batch_size=args.batch_size, seed=args.seed, save_steps=args.save_steps,
+                              temperature=args.temperature)
     timings["mask + inpaint"] = time.time() - t
 
     t = time.time()
@@ -237,7 +236,7 @@ def main(argv=None) -> dict:
                 "mask kind": "given" if args.masked_dir else args.mask_kind,
                 "total iterations": args.total_iter,
                 "mask function": args.mask_func or model.gamma.__name__.removeprefix("gamma_"),
-                "sampling temperature": model.temperature,
+                "sampling temperature": model.decoding(args.temperature)[0],
                 "seed": args.seed, "device": device}
     report = write_report(out, scores, settings, timings, examples,
                           steps if steps[0].is_file() else None)

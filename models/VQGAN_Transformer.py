@@ -125,24 +125,33 @@ class MaskGit(nn.Module):
         w = weight.flatten()
         return (ce * w).sum() / w.sum().clamp_min(1.0)
 
+    def decoding(self, temperature: float | None = None,
+                 choice_temperature: float | None = None) -> tuple[float, float]:
+        """(temperature, choice_temperature) for decoding: each the config's unless given."""
+        return (self.temperature if temperature is None else temperature,
+                self.choice_temperature if choice_temperature is None else choice_temperature)
+
     @torch.inference_mode()
     def inpaint(self, images: torch.Tensor, known: torch.Tensor, total_iter: int,
                 generators: list[torch.Generator], gamma=None, sweet_spot: int = -1,
-                record: bool = False, autocast=None):
+                record: bool = False, autocast=None, temperature: float | None = None,
+                choice_temperature: float | None = None):
         """Fill the holes of `images` (B, 3, R, R) normalised, `known` (B, 1, R, R) 1 = known.
 
         Returns (images (B, 3, R, R) normalised, final tokens (B, N), history of
         (masked tokens, sampled tokens) per step when `record`). `autocast` (a context
         factory, e.g. bf16) covers the VQGAN encode and decode as well as the transformer.
+        `gamma`, `temperature` and `choice_temperature` default to the config's.
         """
         autocast = autocast or contextlib.nullcontext
         with autocast():
             _, indices = self.encode_to_z(images)
         unknown = token_unknown_from_pixels(known, self.vqgan.latent_resolution)
         tokens = torch.where(unknown, self.mask_token_id, indices)
+        temperature, choice_temperature = self.decoding(temperature, choice_temperature)
         final, history = iterative_decode(self.transformer, tokens, total_iter, gamma or self.gamma,
-                                          self.choice_temperature, generators, sweet_spot,
-                                          record, autocast, self.temperature)
+                                          choice_temperature, generators, sweet_spot, record,
+                                          autocast, temperature)
         with autocast():
             out = self.vqgan.decode_indices(final)
         return out.float(), final, history
