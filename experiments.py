@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from data import MaskedImageDataset, normalization
-from inpainting import check_schedule_args, inpaint_dataset, load_maskgit
+from inpainting import add_composite_arg, check_schedule_args, inpaint_dataset, load_maskgit
 from metrics.fid import calculate_fid_given_paths, save_statistics
 from models.schedules import gamma_func
 from utils import UserError, check_positive, ensure_writable_dir, resolve_device, run_cli
@@ -54,7 +54,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
-    p.add_argument("--composite", action="store_true", help="score with the known pixels pasted back")
+    add_composite_arg(p, "score with the known pixels put back")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if present)")
     return p.parse_args(argv)
 
@@ -145,7 +145,7 @@ def write_tables(rows: list[dict], out: Path) -> None:
 
 
 def run_sweep(model, dataset, gt_stats: Path, out: Path, settings: list[Setting], seed: int = 0,
-              batch_size: int = 32, precision: str = "fp32", composite: bool = False) -> list[dict]:
+              batch_size: int = 32, precision: str = "fp32", composite: str | None = None) -> list[dict]:
     """Inpaint and score every setting; returns one row per setting (FIELDS)."""
     device = next(model.transformer.parameters()).device
     rows = []

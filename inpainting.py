@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from data import MaskedImageDataset, denormalize, normalization, to_uint8
+from models.compositing import MODES as COMPOSITE_MODES, composite as composite_images
 from models.decoding import iterative_decode
 from models.Transformer.attention import fused_is_faster, set_fused
 from models.VQGAN_Transformer import MaskGit
@@ -55,10 +56,16 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=".", help="folder for test_results/, mask_scheduling/, imga/")
     p.add_argument("--save-steps", type=int, default=1, help="step pictures for the first N images")
-    p.add_argument("--composite", action="store_true", help="paste the known pixels back")
+    add_composite_arg(p, "put the known pixels back into the output")
     p.add_argument("--generate", type=int, default=0, metavar="N", help="sample N images from scratch")
     p.add_argument("--gt-path", default=None, help="ground truth (folder/.csv/.npz): print the FID")
     return p.parse_args(argv)
+
+
+def add_composite_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--composite", nargs="?", const="poisson", default=None, choices=COMPOSITE_MODES,
+                   help=f"{what}: 'poisson' (the default when the flag is given) blends the holes "
+                        f"in seamlessly, 'paste' copies the known pixels over")
 
 
 def check_schedule_args(total_iter: int, sweet_spot: int) -> None:
@@ -112,10 +119,11 @@ def step_pictures(model: MaskGit, history, masked01: torch.Tensor, mean, std):
 def inpaint_dataset(model: MaskGit, dataset: MaskedImageDataset, out_dir, total_iter: int = 7,
                     mask_func: str | None = None, sweet_spot: int = -1, batch_size: int = 32,
                     seed: int = 0, precision: str = "fp32", save_steps: int = 1,
-                    composite: bool = False, num_workers: int = 0, temperature: float | None = None,
+                    composite: str | None = None, num_workers: int = 0, temperature: float | None = None,
                     choice_temperature: float | None = None) -> Path:
     """Inpaint every image of `dataset`; returns the test_results folder. Decoding settings
-    left at None come from the model's config."""
+    left at None come from the model's config; `composite` (None, "paste" or "poisson")
+    puts the known pixels back (models.compositing)."""
     check_schedule_args(total_iter, sweet_spot)
     device = next(model.transformer.parameters()).device
     gamma = model.gamma_func(mask_func) if mask_func else model.gamma
@@ -134,8 +142,7 @@ def inpaint_dataset(model: MaskGit, dataset: MaskedImageDataset, out_dir, total_
                                         temperature=temperature, choice_temperature=choice_temperature)
         out01 = denormalize(out, mean, std)
         masked01 = denormalize(images, mean, std)
-        if composite:
-            out01 = torch.where(known.bool(), masked01, out01)
+        out01 = composite_images(out01, masked01, known, composite)
         for i, img in zip(idx.tolist(), to_uint8(out01)):
             save_png(img, results / f"image_{i:03d}.png")
         if record:  # decode the intermediate steps of the requested images only

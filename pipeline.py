@@ -30,8 +30,9 @@ import training_vqgan
 from data import (MaskedImageDataset, denormalize, list_images, make_masked_set,
                   make_synthetic_images, normalization, normalize, to_uint8)
 from data.images import open_image, to_rgb
-from inpainting import load_maskgit, inpaint_dataset
+from inpainting import add_composite_arg, load_maskgit, inpaint_dataset
 from metrics.fid import calculate_fid_given_paths, load_images, save_statistics
+from models.compositing import composite
 from models.schedules import gamma_func
 from report import write_report
 from utils import (REPO_ROOT, UserError, check_positive, ensure_writable_dir, load_config,
@@ -71,8 +72,7 @@ def parse_args(argv=None):
     p.add_argument("--save-steps", type=int, default=4, help="step pictures for the first N images")
     p.add_argument("--examples", type=int, default=8, help="examples shown on the results page")
     p.add_argument("--seed", type=int, default=0, help="masks and decoding")
-    p.add_argument("--composite", action="store_true",
-                   help="also score inpainting and floor with the known pixels pasted back")
+    add_composite_arg(p, "also score inpainting and floor with the known pixels put back")
     return p.parse_args(argv)
 
 
@@ -154,26 +154,33 @@ def masked_test_set(args, out: Path, resolution: int) -> Path:
     return make_masked_set(src, out / "masked", args.mask_kind, args.seed, args.num_test, resolution)
 
 
-def paste_known(images_dir: Path, masked: Path, out_dir) -> Path:
-    """images_dir/image_{i:03d}.png with the known pixels of the masked set's image i
-    pasted back (what `inpainting.py --composite` does), for results and floor alike."""
+def composite_folder(images_dir: Path, masked: Path, out_dir, mode: str) -> Path:
+    """images_dir/image_{i:03d}.png composited (`mode`: paste / poisson) with the known
+    pixels of the masked set's image i, as `inpainting.py --composite` does; for results
+    and floor alike."""
     out_dir = ensure_writable_dir(out_dir)
+    to01 = lambda file: torch.from_numpy(np.array(to_rgb(open_image(file)))).movedim(-1, 0)[None] / 255
     pairs = zip(list_images(masked / "masked_image"), list_images(masked / "mask64"))
     for i, (masked_file, mask_file) in enumerate(pairs):
-        known = np.asarray(open_image(mask_file).convert("L"))[..., None] >= 128  # (R, R, 1)
-        image = np.asarray(to_rgb(open_image(images_dir / f"image_{i:03d}.png")))
-        pasted = np.where(known, np.asarray(to_rgb(open_image(masked_file))), image)
-        Image.fromarray(pasted).save(out_dir / f"image_{i:03d}.png")
+        known = torch.from_numpy(np.array(open_image(mask_file).convert("L")) >= 128)  # (R, R)
+        image = composite(to01(images_dir / f"image_{i:03d}.png"), to01(masked_file),
+                          known[None, None], mode)  # (1, 3, R, R)
+        Image.fromarray(to_uint8(image)[0]).save(out_dir / f"image_{i:03d}.png")
     return out_dir
 
 
-def fids(model, gt: Path | None, results: Path, masked: Path, out: Path, device,
-         composite: bool) -> dict[str, float | None]:
+def composite_label(mode: str) -> str:
+    return {"paste": "known pixels pasted back", "poisson": "Poisson-blended into the known pixels"}[mode]
+
+
+def fids(model, gt: Path | None, results: Path, composited: Path | None, masked: Path, out: Path,
+         device, composite_mode: str | None) -> dict[str, float | None]:
     """FID of the inpainting and of the VQGAN reconstruction floor against `gt`; with
-    `composite`, also both with the known pixels pasted back."""
+    `composite_mode`, also of `composited` (the results composited that way) and of the
+    floor composited the same way."""
     names = ["FID inpainting", "FID VQGAN reconstruction (floor)"]
-    if composite:
-        names += [f"{name}, known pixels pasted back" for name in names]
+    if composite_mode:
+        names += [f"{name}, {composite_label(composite_mode)}" for name in names]
     if gt is None:
         print("no ground truth (no gt/ in the masked set and no --gt): FID skipped")
         return dict.fromkeys(names)
@@ -186,9 +193,11 @@ def fids(model, gt: Path | None, results: Path, masked: Path, out: Path, device,
         mean, std = normalization(model.vq_config, "test")
         folders[1] = write_reconstructions(model.vqgan, load_images(gt), out / "reconstructions",
                                            mean, std)
-    if composite:
-        folders += [paste_known(f, masked, out / f"{f.name}_pasted") if f else None
-                    for f in folders]
+    if composite_mode:
+        floor = folders[1]
+        if floor:
+            floor = composite_folder(floor, masked, out / f"{floor.name}_{composite_mode}", composite_mode)
+        folders += [composited, floor]
     return {name: calculate_fid_given_paths(f, stats, device) if f else None
             for name, f in zip(names, folders)}
 
@@ -222,12 +231,16 @@ def main(argv=None) -> dict:
 
     t = time.time()
     gt = Path(args.gt) if args.gt else (masked / "gt" if (masked / "gt").is_dir() else None)
-    scores = fids(model, gt, results, masked, out, device, args.composite)
+    composited = None
+    if args.composite:
+        composited = composite_folder(results, masked, out / f"{results.name}_{args.composite}",
+                                      args.composite)
+    scores = fids(model, gt, results, composited, masked, out, device, args.composite)
     timings["FID"] = time.time() - t
     timings["total"] = time.time() - start
 
     names = [p.name for p in dataset.masked_paths[:args.examples]]
-    examples = [(masked / "masked_image" / n, results / f"image_{i:03d}.png",
+    examples = [(masked / "masked_image" / n, (composited or results) / f"image_{i:03d}.png",
                  gt / n if gt is not None and (gt / n).is_file() else None)
                 for i, n in enumerate(names)]
     steps = (inpainted / "imga" / "image_000.png", inpainted / "mask_scheduling" / "image_000.png")
@@ -246,11 +259,10 @@ def main(argv=None) -> dict:
     for name, value in scores.items():
         print(f"{name}: {'n/a' if value is None else f'{value:.4f}'}")
     print(f"total time: {timings['total'] / 60:.1f} min")
-    return {"fid_inpainting": scores["FID inpainting"],
-            "fid_reconstruction": scores["FID VQGAN reconstruction (floor)"],
-            "fid_inpainting_pasted": scores.get("FID inpainting, known pixels pasted back"),
-            "fid_reconstruction_pasted": scores.get(
-                "FID VQGAN reconstruction (floor), known pixels pasted back"),
+    fid_raw, fid_floor, *fid_composite = scores.values()  # in the order fids() names them
+    fid_composite, fid_composite_floor = fid_composite or (None, None)
+    return {"fid_inpainting": fid_raw, "fid_reconstruction": fid_floor,
+            "fid_inpainting_composite": fid_composite, "fid_reconstruction_composite": fid_composite_floor,
             "report": report, "transformer_ckpt": tr_ckpt, "masked_dir": masked, "results": results}
 
 

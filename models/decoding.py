@@ -89,18 +89,21 @@ def iterative_decode(transformer, tokens: torch.Tensor, total_iter: int, gamma,
     (tokens (B, N) in [0, K), history) where history lists, per step, the tokens
     left masked after it (B, N) and the sampled ids (B, N) if `record`.
     `autocast` is a context factory, e.g. for bf16; `temperature` scales the sampling
-    (see `decode_step`).
+    (see `decode_step`). The transformer is called as transformer(tokens, only) and
+    computes logits at the still-masked positions only, the only ones decoding reads.
     """
     steps = sweet_spot if 1 <= sweet_spot < total_iter else total_iter
     n_unknown_start = (tokens == transformer.mask_token_id).sum(-1)
     history = []
     sampled = tokens
-    for step in range(steps):
-        with autocast():
-            logits = transformer(tokens)
-        s_noise, c_noise = sample_noise(generators, tokens.shape[1], logits.shape[-1], tokens.device)
-        tokens, sampled = decode_step(logits, tokens, n_unknown_start, step, total_iter, gamma,
-                                      choice_temperature, s_noise, c_noise, temperature)
-        if record:
-            history.append((tokens.clone(), sampled.clone()))
+    # one context for every step, so its weight casts are made once; decode_step has no
+    # autocast op (log_softmax runs in fp32 either way), so its maths is unchanged
+    with autocast():
+        for step in range(steps):
+            logits = transformer(tokens, tokens == transformer.mask_token_id)
+            s_noise, c_noise = sample_noise(generators, tokens.shape[1], logits.shape[-1], tokens.device)
+            tokens, sampled = decode_step(logits, tokens, n_unknown_start, step, total_iter, gamma,
+                                          choice_temperature, s_noise, c_noise, temperature)
+            if record:
+                history.append((tokens.clone(), sampled.clone()))
     return sampled, history

@@ -46,7 +46,8 @@ class RandomLogits:
         self.mask_logit = mask_logit
         self.calls = 0
 
-    def __call__(self, tokens):
+    def __call__(self, tokens, only=None):
+        assert torch.equal(only, tokens == K)  # decoding asks for the masked positions only
         self.calls += 1
         logits = 3 * torch.randn(*tokens.shape, K + 1, generator=self.gen)
         if self.mask_logit is not None:

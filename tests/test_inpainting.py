@@ -8,6 +8,7 @@ from PIL import Image
 from conftest import maskgit_tiny_cfg
 from data import MaskedImageDataset, make_masked_set, make_synthetic_images, normalization
 from models.VQGAN_Transformer import MaskGit
+from models.compositing import poisson_blend
 from utils import UserError, save_checkpoint
 
 import inpainting
@@ -117,17 +118,24 @@ def test_generate(setup, tmp_path):
     assert all(a.shape == (64, 64, 3) for a in results.values())
 
 
-def test_composite_keeps_known_pixels(setup, full, tmp_path):
+@pytest.mark.parametrize("flags", [["--composite", "paste"], ["--composite"]])
+def test_composite_keeps_known_pixels(setup, full, tmp_path, flags):
     _, masked = setup
-    run(setup, tmp_path, "--composite", "--batch-size", "3")
+    run(setup, tmp_path, *flags, "--batch-size", "3")
     inputs, masks = read_folder(masked / "masked_image"), read_folder(masked / "mask64")
     results, plain = read_folder(tmp_path / "test_results"), read_folder(full / "test_results")
+    to01 = lambda a: torch.tensor(a).movedim(-1, 0)[None].float() / 255  # (1, 3, R, R)
     for i, name in enumerate(sorted(inputs)):
         known = masks[name] >= 128
-        out = results[f"image_{i:03d}.png"]
+        out, raw = results[f"image_{i:03d}.png"], plain[f"image_{i:03d}.png"]
         assert np.array_equal(out[known], inputs[name][known])
-        # holes come from the same decoding as without --composite
-        assert np.array_equal(out[~known], plain[f"image_{i:03d}.png"][~known])
+        # holes come from the same decoding as without --composite ...
+        if flags == ["--composite", "paste"]:
+            assert np.array_equal(out[~known], raw[~known])
+        else:  # ... Poisson-blended (the default mode): off by the rounding of `raw` at most
+            want = poisson_blend(to01(raw), to01(inputs[name]), torch.from_numpy(known)[None, None])
+            assert np.abs(out.astype(int) - np.rint(want[0].movedim(0, -1).numpy() * 255)).max() <= 1
+            assert not np.array_equal(out[~known], raw[~known])
 
 
 @pytest.mark.parametrize("flags", [["--sweet-spot", "0"], ["--total-iter", "0"]])

@@ -58,18 +58,18 @@ def test_pipeline_writes_every_stage(demo):
 def test_pipeline_reuses_given_checkpoint_and_masked_set(demo, tmp_path):
     out, summary = demo
     again = pipeline.main(["--out", str(tmp_path), "--transformer-ckpt", str(summary["transformer_ckpt"]),
-                           "--masked-dir", str(out / "masked"), "--composite"] + TINY)
+                           "--masked-dir", str(out / "masked"), "--composite", "paste"] + TINY)
     assert not (tmp_path / "vqgan").exists() and not (tmp_path / "transformer").exists()
     assert not (tmp_path / "masked").exists()
     # same model, masks and seed: the same images, hence the same FIDs
     assert again["fid_inpainting"] == pytest.approx(summary["fid_inpainting"], abs=1e-6)
     assert again["fid_reconstruction"] == pytest.approx(summary["fid_reconstruction"], abs=1e-6)
-    assert summary["fid_inpainting_pasted"] is None  # only with --composite
-    for key in ("fid_inpainting_pasted", "fid_reconstruction_pasted"):
+    assert summary["fid_inpainting_composite"] is None  # only with --composite
+    for key in ("fid_inpainting_composite", "fid_reconstruction_composite"):
         assert math.isfinite(again[key]) and again[key] > 0
     # pasted = known pixels of the ground truth, the rest from the unpasted image
-    for pasted, raw in (("test_results_pasted", "inpainting/test_results"),
-                        ("reconstructions_pasted", "reconstructions")):
+    for pasted, raw in (("test_results_paste", "inpainting/test_results"),
+                        ("reconstructions_paste", "reconstructions")):
         assert len(files(tmp_path / pasted)) == 8
         for i, name in ((0, files(out / "masked" / "gt")[0]), (7, files(out / "masked" / "gt")[7])):
             known = np.asarray(Image.open(out / "masked" / "mask64" / name)) == 255
@@ -144,7 +144,7 @@ def test_bf16_quality_benchmark_runs_on_a_trained_model(demo, tmp_path):
     assert all(math.isfinite(r.ours) and math.isfinite(r.baseline) and r.ours > 0 for r in rows)
     for folder in ("fp32", "bf16"):
         assert len(files(tmp_path / folder / "test_results")) == 8
-        assert len(files(tmp_path / f"{folder}_pasted")) == 8
+        assert len(files(tmp_path / f"{folder}_poisson")) == 8
 
 
 def test_sweep_settings_skip_sweet_spots_past_the_end():

@@ -84,3 +84,16 @@ def test_logits_shape_and_bidirectional():
         # positions matter: the model is not permutation-equivariant
         swapped = tokens[:, [1, 0] + list(range(2, N))]
         assert not torch.allclose(model(swapped)[:, 0], logits[:, 1])
+
+
+def test_logits_at_chosen_positions_only():
+    torch.manual_seed(0)
+    model = BidirectionalTransformer(N, K, DIM, n_layers=2, hidden_dim=64, num_heads=HEADS).eval()
+    tokens = torch.randint(0, K + 1, (3, N))
+    only = torch.rand(3, N) < 0.3
+    only[2] = False  # an image with nothing to predict
+    with torch.no_grad():
+        full, part = model(tokens), model(tokens, only)
+    assert part.shape == full.shape
+    torch.testing.assert_close(part[only], full[only], atol=1e-6, rtol=1e-6)
+    assert (part[~only] == 0).all()

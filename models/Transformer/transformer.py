@@ -22,8 +22,10 @@ class Encoder(nn.Module):
                                  nn.Linear(hidden_dim, dim), nn.Dropout(dropout))
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x):  # (B, N, C) -> (B, N, C)
-        x = self.LayerNorm1(x + self.dropout(self.Attention(x)))
+    def forward(self, x, rows=None):  # (B, N, C) -> (B, N, C), or (M, C) at `rows` (B, N) bool
+        x = self.LayerNorm1(x + self.dropout(self.Attention(x)))  # every row: keys and values
+        if rows is not None:
+            x = x[rows]  # (M, C): from here on each token is on its own
         return self.LayerNorm2(x + self.MLP(x))
 
 
@@ -53,8 +55,20 @@ class BidirectionalTransformer(nn.Module):
         if isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens (B, N) in [0, K] (K = [MASK]) -> logits (B, N, K + 1)."""
-        x = self.drop(self.LN(self.tok_emb(tokens) + self.pos_emb[: tokens.shape[1]]))  # (B, N, C)
-        h = self.Token_Prediction(self.blocks(x))  # (B, N, C)
-        return h @ self.tok_emb.weight.t() + self.bias[: tokens.shape[1]]  # (B, N, K+1)
+    def forward(self, tokens: torch.Tensor, only: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens (B, N) in [0, K] (K = [MASK]) -> logits (B, N, K + 1).
+
+        With `only` (B, N) bool, logits are computed at those positions alone and are 0
+        elsewhere: the last block's MLP and the prediction head skip the other rows
+        (decoding reads the masked positions only). The values there are unchanged.
+        """
+        n = tokens.shape[1]
+        x = self.drop(self.LN(self.tok_emb(tokens) + self.pos_emb[:n]))  # (B, N, C)
+        x = self.blocks[-1](self.blocks[:-1](x), only)  # (B, N, C), or (M, C) at `only`
+        bias = self.bias[:n] if only is None else self.bias[:n].expand(len(tokens), -1, -1)[only]
+        logits = self.Token_Prediction(x) @ self.tok_emb.weight.t() + bias  # (B, N, K+1) / (M, K+1)
+        if only is None:
+            return logits
+        full = logits.new_zeros(*tokens.shape, logits.shape[-1])  # (B, N, K+1)
+        full[only] = logits
+        return full
