@@ -252,9 +252,8 @@ def main(argv=None):
                 loss_sum += loss.detach()
                 n_steps += 1
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{sched.get_last_lr()[0]:.2e}")
-                stopping = stop.requested()
-                if stopping or (args.ckpt_interval and step % args.ckpt_interval == 0):
-                    checkpoint(out / "last.pt", b_idx + 1)
+                stopping = stop.after_step(step, args.ckpt_interval,
+                                           lambda: checkpoint(out / "last.pt", b_idx + 1))
                 if stopping:
                     break
             if stopping:

@@ -186,9 +186,8 @@ def main(argv=None):
                         torch.distributed.broadcast(vq.codebook.embedding.weight.data, 0)
                     counts.zero_()
                 bar.set_postfix({k: f"{v:.3g}" for k, v in log.items()})
-                stopping = stop.requested()
-                if stopping or (args.ckpt_interval and step % args.ckpt_interval == 0):
-                    checkpoint(out / "last.pt", b_idx + 1)
+                stopping = stop.after_step(step, args.ckpt_interval,
+                                           lambda: checkpoint(out / "last.pt", b_idx + 1))
                 if stopping:
                     break
             if stopping:

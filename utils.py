@@ -420,6 +420,14 @@ class GracefulStop:
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
+    def after_step(self, step: int, ckpt_interval: int, save_last) -> bool:
+        """Between two steps: whether to leave the loop now. `save_last()` (which writes
+        last.pt) runs first when so, and every `ckpt_interval` steps (0 = never)."""
+        stopping = self.requested()
+        if stopping or (ckpt_interval and step % ckpt_interval == 0):
+            save_last()
+        return stopping
+
     def restore(self) -> None:
         for s, handler in self._previous.items():
             signal.signal(s, handler)
