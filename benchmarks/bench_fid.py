@@ -49,8 +49,9 @@ class Figures(dict):
 def compare_frechet(name: str, stats1, stats2, skip_scipy: bool, figures: Figures) -> float:
     """Our exact Fréchet distance (best of 3 calls) vs scipy's sqrtm (one call, ~15 s) on
     the same statistics."""
-    ours = frechet_distance(*stats1, *stats2)
-    figures[f"{name}_frechet_ours_s"] = min(timed(frechet_distance, *stats1, *stats2)[1] for _ in range(3))
+    calls = [timed(frechet_distance, *stats1, *stats2) for _ in range(3)]  # (FID, seconds)
+    ours = calls[0][0]
+    figures[f"{name}_frechet_ours_s"] = min(seconds for _, seconds in calls)
     figures[f"{name}_fid"] = ours
     if not skip_scipy:
         ref, figures[f"{name}_frechet_scipy_s"] = timed(frechet_distance_sqrtm, *stats1, *stats2)
