@@ -25,7 +25,6 @@ from tqdm import tqdm
 
 from data import MaskedImageDataset, denormalize, normalization, to_uint8
 from models.compositing import MODES as COMPOSITE_MODES, composite as composite_images
-from models.decoding import iterative_decode
 from models.Transformer.attention import fused_is_faster, set_fused
 from models.VQGAN_Transformer import MaskGit
 from utils import (UserError, autocast, check_positive, ensure_writable_dir, load_checkpoint,
@@ -164,17 +163,14 @@ def generate(model: MaskGit, n: int, out_dir, total_iter: int = 12, mask_func: s
     check_schedule_args(total_iter, -1)
     device = next(model.transformer.parameters()).device
     gamma = model.gamma_func(mask_func) if mask_func else model.gamma
-    temp, choice = model.decoding(temperature, choice_temperature)
     mean, std = normalization(model.vq_config, "test")
     results = ensure_writable_dir(Path(out_dir) / "test_results")
     for start in range(0, n, batch_size):
         idx = range(start, min(n, start + batch_size))
         tokens = torch.full((len(idx), model.num_image_tokens), model.mask_token_id, device=device)
-        final, _ = iterative_decode(model.transformer, tokens, total_iter, gamma, choice,
-                                    image_generators(idx, seed, device),
-                                    autocast=lambda: autocast(device, precision), temperature=temp)
-        with autocast(device, precision):
-            out = model.vqgan.decode_indices(final).float()
+        out, _, _ = model.complete(tokens, total_iter, image_generators(idx, seed, device), gamma,
+                                   autocast=lambda: autocast(device, precision),
+                                   temperature=temperature, choice_temperature=choice_temperature)
         for i, img in zip(idx, to_uint8(denormalize(out, mean, std))):
             save_png(img, results / f"image_{i:03d}.png")
     return results

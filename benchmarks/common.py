@@ -17,6 +17,7 @@ import torch
 
 from data import lab_mask, make_synthetic_images, normalization, normalize
 from models.Transformer.attention import fused_is_faster, set_fused
+from models.Transformer.packed import Linear, packed_weights
 from models.VQGAN_Transformer import MaskGit
 from utils import autocast, load_config
 
@@ -107,6 +108,22 @@ def matmul(dtype: torch.dtype, device, n: int = 4096):
         with torch.inference_mode():
             a @ b
     return fn, 2 * n ** 3
+
+
+def packed_matmul(device, n: int = 4096, products: int = 4):
+    """(fn, FLOPs) of `products` (n x n) @ (n x n) products through a Linear run as decoding
+    runs it: bf16 autocast, its weight packed once per call on CPU (see
+    models/Transformer/packed.py). On CPU this kernel beats torch.mm in bf16, so the bf16
+    peak is the better of the two."""
+    g = torch.Generator(device).manual_seed(0)
+    layer = Linear(n, n, bias=False).to(device)
+    x = torch.randn(n, n, device=device, generator=g)
+
+    def fn():
+        with torch.inference_mode(), autocast(torch.device(device), "bf16"), packed_weights(layer, n):
+            for _ in range(products):
+                layer(x)
+    return fn, products * 2 * n ** 3
 
 
 def transformer_flops(params: dict, batch: int) -> float:

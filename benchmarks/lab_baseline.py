@@ -21,20 +21,18 @@ from torch.distributions import Categorical
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.decoding import token_unknown_from_pixels  # noqa: E402  (same holes as ours)
 from models.VQGAN_Transformer import MaskGit  # noqa: E402
 
 
 @torch.no_grad()
-def inpaint_lab_style(model: MaskGit, image: torch.Tensor, known: torch.Tensor, total_iter: int):
-    """image (1, 3, R, R) normalised, known (1, 1, R, R) 1 = known.
+def complete_lab_style(model: MaskGit, z: torch.Tensor, mask: torch.Tensor, total_iter: int):
+    """z (1, N) token ids of the masked image (the lab encodes it first, as ours does),
+    mask (1, N) True where the token is to be inpainted.
 
     Returns (the last step's image (1, 3, R, R), tokens (1, N) in [0, K), imga: the
     decoded image after each step).
     """
     mask_id = model.mask_token_id
-    _, z = model.encode_to_z(image)  # (1, N)
-    mask = token_unknown_from_pixels(known, model.vqgan.latent_resolution)  # (1, N) True = [MASK]
     mask_num = int(mask.sum())
     imga = []
     for step in range(total_iter):

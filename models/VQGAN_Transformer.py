@@ -136,18 +136,31 @@ class MaskGit(nn.Module):
                 generators: list[torch.Generator], gamma=None, sweet_spot: int = -1,
                 record: bool = False, autocast=None, temperature: float | None = None,
                 choice_temperature: float | None = None):
-        """Fill the holes of `images` (B, 3, R, R) normalised, `known` (B, 1, R, R) 1 = known.
+        """Fill the holes of `images` (B, 3, R, R) normalised, `known` (B, 1, R, R) 1 = known:
+        encode them, mask the tokens that touch a hole, and `complete` those.
 
-        Returns (images (B, 3, R, R) normalised, final tokens (B, N), history of
-        (masked tokens, sampled tokens) per step when `record`). `autocast` (a context
-        factory, e.g. bf16) covers the VQGAN encode and decode as well as the transformer.
-        `gamma`, `temperature` and `choice_temperature` default to the config's.
+        Returns what `complete` returns. `autocast` (a context factory, e.g. bf16) covers the
+        VQGAN encode too.
         """
-        autocast = autocast or contextlib.nullcontext
-        with autocast():
+        with (autocast or contextlib.nullcontext)():
             _, indices = self.encode_to_z(images)
         unknown = token_unknown_from_pixels(known, self.vqgan.latent_resolution)
         tokens = torch.where(unknown, self.mask_token_id, indices)
+        return self.complete(tokens, total_iter, generators, gamma, sweet_spot, record, autocast,
+                             temperature, choice_temperature)
+
+    @torch.inference_mode()
+    def complete(self, tokens: torch.Tensor, total_iter: int, generators: list[torch.Generator],
+                 gamma=None, sweet_spot: int = -1, record: bool = False, autocast=None,
+                 temperature: float | None = None, choice_temperature: float | None = None):
+        """Decode the [MASK] positions of `tokens` (B, N) iteratively and the tokens to images.
+
+        Returns (images (B, 3, R, R) normalised, final tokens (B, N), history of
+        (masked tokens, sampled tokens) per step when `record`). `autocast` (a context
+        factory, e.g. bf16) covers the transformer and the VQGAN decode. `gamma`,
+        `temperature` and `choice_temperature` default to the config's.
+        """
+        autocast = autocast or contextlib.nullcontext
         temperature, choice_temperature = self.decoding(temperature, choice_temperature)
         final, history = iterative_decode(self.transformer, tokens, total_iter, gamma or self.gamma,
                                           choice_temperature, generators, sweet_spot, record,

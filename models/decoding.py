@@ -12,6 +12,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .Transformer.packed import packed_weights
+
 
 def gumbel(u: torch.Tensor) -> torch.Tensor:
     """Gumbel(0, 1) noise from uniform samples u in [0, 1)."""
@@ -89,16 +91,16 @@ def iterative_decode(transformer, tokens: torch.Tensor, total_iter: int, gamma,
     (tokens (B, N) in [0, K), history) where history lists, per step, the tokens
     left masked after it (B, N) and the sampled ids (B, N) if `record`.
     `autocast` is a context factory, e.g. for bf16; `temperature` scales the sampling
-    (see `decode_step`). The transformer is called as transformer(tokens, only) and
-    computes logits at the still-masked positions only, the only ones decoding reads.
+    (see `decode_step`). The transformer (an nn.Module) is called as transformer(tokens, only)
+    and computes logits at the still-masked positions only, the only ones decoding reads.
     """
     steps = sweet_spot if 1 <= sweet_spot < total_iter else total_iter
     n_unknown_start = (tokens == transformer.mask_token_id).sum(-1)
     history = []
     sampled = tokens
-    # one context for every step, so its weight casts are made once; decode_step has no
-    # autocast op (log_softmax runs in fp32 either way), so its maths is unchanged
-    with autocast():
+    # one context for every step, so its weight casts (and, for CPU bf16, the packed weights)
+    # are made once; decode_step has no autocast op (log_softmax runs in fp32 either way)
+    with autocast(), packed_weights(transformer, tokens.numel()):
         for step in range(steps):
             logits = transformer(tokens, tokens == transformer.mask_token_id)
             s_noise, c_noise = sample_noise(generators, tokens.shape[1], logits.shape[-1], tokens.device)

@@ -37,16 +37,17 @@ def test_unknown_schedule_is_user_error():
 
 # ----------------------------------------------------------------------------- helpers
 
-class RandomLogits:
+class RandomLogits(torch.nn.Module):
     """Stand-in transformer: fresh random logits on every call (seeded); counts its calls."""
     mask_token_id = K
 
     def __init__(self, seed=0, mask_logit=None):
+        super().__init__()
         self.gen = torch.Generator().manual_seed(seed)
         self.mask_logit = mask_logit
         self.calls = 0
 
-    def __call__(self, tokens, only=None):
+    def forward(self, tokens, only=None):
         assert torch.equal(only, tokens == K)  # decoding asks for the masked positions only
         self.calls += 1
         logits = 3 * torch.randn(*tokens.shape, K + 1, generator=self.gen)
@@ -144,6 +145,19 @@ def test_batched_equals_one_by_one():
     other_seed, _ = iterative_decode(model, start, T, gamma, 4.5,
                                      image_generators(range(5), 8, "cpu"))
     assert not torch.equal(other_seed, batched)
+
+
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="no oneDNN bf16")
+def test_cpu_bf16_decoding_runs_on_packed_weights():
+    model = BidirectionalTransformer(N, K, dim=32, n_layers=1, hidden_dim=64, num_heads=4).eval()
+    packed = []  # per transformer call: did the first MLP layer have packed weights?
+    model.blocks[0].MLP[0].register_forward_pre_hook(lambda m, _: packed.append(m.packed is not None))
+    start, gamma = batch_with_holes([N, 20]), gamma_func("cosine")
+    bf16 = lambda: torch.autocast("cpu", torch.bfloat16)  # noqa: E731
+    iterative_decode(model, start, T, gamma, 4.5, generators(2), autocast=bf16)
+    iterative_decode(model, start, T, gamma, 4.5, generators(2))  # fp32: the plain path
+    assert packed == [True] * T + [False] * T
+    assert model.blocks[0].MLP[0].packed is None  # released after the decode
 
 
 # ----------------------------------------------------------------------------- decode_step

@@ -1,9 +1,12 @@
 """Stage 2 network: attention against a by-hand reference, fused == hand-written,
-the lab's parameter names and the logits' shape."""
+the lab's parameter names, the logits' shape and the packed bf16 weights."""
+import contextlib
+
 import pytest
 import torch
 
 from models.Transformer import BidirectionalTransformer, MultiHeadAttention
+from models.Transformer.packed import Linear, packed_weights
 
 K, N, DIM, HEADS = 16, 12, 32, 4
 
@@ -97,3 +100,39 @@ def test_logits_at_chosen_positions_only():
     assert part.shape == full.shape
     torch.testing.assert_close(part[only], full[only], atol=1e-6, rtol=1e-6)
     assert (part[~only] == 0).all()
+
+
+needs_onednn_bf16 = pytest.mark.skipif(
+    not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+    reason="this CPU has no oneDNN bf16 kernels: packing is a no-op here")
+
+
+def packed_count(model) -> int:
+    return sum(m.packed is not None for m in model.modules() if isinstance(m, Linear))
+
+
+@needs_onednn_bf16
+def test_packed_weights_give_the_autocast_logits():
+    torch.manual_seed(0)
+    model = BidirectionalTransformer(N, K, DIM, n_layers=2, hidden_dim=64, num_heads=HEADS).eval()
+    tokens = torch.randint(0, K + 1, (3, N))
+    only = torch.rand(3, N) < 0.5
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
+        plain, plain_only = model(tokens), model(tokens, only)
+        with packed_weights(model, rows=tokens.numel()):
+            assert packed_count(model) == 2 * 4 + 1  # per block qkv, proj and 2 MLP; the head
+            packed, packed_only = model(tokens), model(tokens, only)
+    assert packed_count(model) == 0  # unpacked on exit
+    assert packed.dtype == plain.dtype
+    assert torch.equal(packed, plain) and torch.equal(packed_only, plain_only)
+
+
+@pytest.mark.parametrize("setting", ["fp32", "grad", "float16"])
+def test_packing_only_for_cpu_bf16_inference(setting):
+    model = BidirectionalTransformer(N, K, DIM, n_layers=1, hidden_dim=64, num_heads=HEADS)
+    autocast = (contextlib.nullcontext() if setting == "fp32"
+                else torch.autocast("cpu", torch.float16 if setting == "float16" else torch.bfloat16))
+    grad = torch.enable_grad() if setting == "grad" else torch.inference_mode()
+    with grad, autocast, packed_weights(model, rows=N):
+        assert packed_count(model) == 0
+        model(torch.randint(0, K + 1, (1, N))).sum()  # the usual nn.Linear path runs

@@ -3,6 +3,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .packed import Linear
+
 
 class MultiHeadAttention(nn.Module):
     """softmax(Q K^T / sqrt(d_head)) V over all tokens (bidirectional, no causal mask).
@@ -19,8 +21,8 @@ class MultiHeadAttention(nn.Module):
         self.head_dim = dim // num_heads
         self.attn_drop = attn_drop
         self.fused = fused
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, 3 * dim)
+        self.proj = Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape

@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 from .attention import MultiHeadAttention
+from .packed import Linear
 
 
 class Encoder(nn.Module):
@@ -18,8 +19,8 @@ class Encoder(nn.Module):
         self.Attention = MultiHeadAttention(dim, num_heads, attn_drop, fused_attention)
         self.LayerNorm1 = nn.LayerNorm(dim, eps=1e-12)
         self.LayerNorm2 = nn.LayerNorm(dim, eps=1e-12)
-        self.MLP = nn.Sequential(nn.Linear(dim, hidden_dim), nn.GELU(),
-                                 nn.Linear(hidden_dim, dim), nn.Dropout(dropout))
+        self.MLP = nn.Sequential(Linear(dim, hidden_dim), nn.GELU(),
+                                 Linear(hidden_dim, dim), nn.Dropout(dropout))
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x, rows=None):  # (B, N, C) -> (B, N, C), or (M, C) at `rows` (B, N) bool
@@ -41,7 +42,7 @@ class BidirectionalTransformer(nn.Module):
         self.pos_emb = nn.Parameter(nn.init.trunc_normal_(torch.zeros(num_image_tokens, dim), 0.0, 0.02))
         self.blocks = nn.Sequential(*[Encoder(dim, hidden_dim, num_heads, attn_drop, dropout,
                                               fused_attention) for _ in range(n_layers)])
-        self.Token_Prediction = nn.Sequential(nn.Linear(dim, dim), nn.GELU(),
+        self.Token_Prediction = nn.Sequential(Linear(dim, dim), nn.GELU(),
                                               nn.LayerNorm(dim, eps=1e-12))
         self.LN = nn.LayerNorm(dim, eps=1e-12)
         self.drop = nn.Dropout(dropout)
