@@ -113,8 +113,8 @@ def matmul(dtype: torch.dtype, device, n: int = 4096):
 def packed_matmul(device, n: int = 4096, products: int = 4):
     """(fn, FLOPs) of `products` (n x n) @ (n x n) products through a Linear run as decoding
     runs it: bf16 autocast, its weight packed once per call on CPU (see
-    models/Transformer/packed.py). On CPU this kernel beats torch.mm in bf16, so the bf16
-    peak is the better of the two."""
+    models/Transformer/packed.py). On the transformer's shapes it beats torch.mm in bf16 on
+    CPU, so the bf16 peak is the better of the two."""
     g = torch.Generator(device).manual_seed(0)
     layer = Linear(n, n, bias=False).to(device)
     x = torch.randn(n, n, device=device, generator=g)

@@ -5,7 +5,7 @@ matmul that first re-lays it out into the kernel's blocked format. Decoding call
 layer T times with the same weights, so `packed_weights` casts and packs them once for a
 whole decode. The matmul kernel and its accumulation are the same, so the outputs are the
 autocast outputs (tests/test_transformer.py checks this); only the repeated packing goes.
-At the lab config it makes bf16 decoding about 6% faster (benchmarks/bench_inpaint.py).
+At the lab config it makes bf16 decoding about 7% faster (benchmarks/RESULTS.md).
 """
 import contextlib
 
@@ -27,10 +27,10 @@ class Linear(nn.Linear):
         return y.view(*x.shape[:-1], y.shape[-1])
 
 
-def can_pack(x_device: torch.device) -> bool:
+def can_pack(device: torch.device) -> bool:
     """Whether linears would run packed here: CPU bf16 autocast, no autograd, and a oneDNN
     build with bf16 kernels for this CPU."""
-    return (x_device.type == "cpu" and torch.is_autocast_enabled("cpu")
+    return (device.type == "cpu" and torch.is_autocast_enabled("cpu")
             and torch.get_autocast_dtype("cpu") == torch.bfloat16 and not torch.is_grad_enabled()
             and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
             and torch.ops.mkldnn._is_mkldnn_bf16_supported())
