@@ -36,8 +36,8 @@ from benchmarks.common import (Row, add_common_args, build_maskgit, fast_path,  
 from benchmarks.lab_baseline import complete_lab_style  # noqa: E402
 from inpainting import image_generators  # noqa: E402
 from models.decoding import token_unknown_from_pixels  # noqa: E402
-from models.Transformer.packed import packed_weights  # noqa: E402
 from models.Transformer.attention import fused_is_faster, set_fused  # noqa: E402
+from models.Transformer.packed import packed_weights  # noqa: E402
 from utils import resolve_device  # noqa: E402
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from models.Transformer import BidirectionalTransformer, MultiHeadAttention
-from models.Transformer.packed import Linear, packed_weights
+from models.Transformer.packed import Linear, onednn_bf16, packed_weights
 
 K, N, DIM, HEADS = 16, 12, 32, 4
 
@@ -102,9 +102,7 @@ def test_logits_at_chosen_positions_only():
     assert (part[~only] == 0).all()
 
 
-needs_onednn_bf16 = pytest.mark.skipif(
-    not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()),
-    reason="this CPU has no oneDNN bf16 kernels: packing is a no-op here")
+needs_onednn_bf16 = pytest.mark.skipif(not onednn_bf16(), reason="no oneDNN bf16: packing is a no-op")
 
 
 def packed_count(model) -> int:

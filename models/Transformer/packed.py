@@ -27,13 +27,17 @@ class Linear(nn.Linear):
         return y.view(*x.shape[:-1], y.shape[-1])
 
 
+def onednn_bf16() -> bool:
+    """Whether this torch build has oneDNN's packed linear and this CPU its bf16 kernels."""
+    return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+            and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def can_pack(device: torch.device) -> bool:
-    """Whether linears would run packed here: CPU bf16 autocast, no autograd, and a oneDNN
-    build with bf16 kernels for this CPU."""
+    """Whether linears would run packed here: CPU bf16 autocast, no autograd, `onednn_bf16`."""
     return (device.type == "cpu" and torch.is_autocast_enabled("cpu")
             and torch.get_autocast_dtype("cpu") == torch.bfloat16 and not torch.is_grad_enabled()
-            and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-            and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+            and onednn_bf16())
 
 
 @contextlib.contextmanager
