@@ -3,7 +3,6 @@
 Module and attribute names (`block`, `gn`, `channel_up`, `q/k/v/proj_out`, `conv`)
 are fixed by the lab's pretrained state_dict, so they must not be renamed.
 """
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
