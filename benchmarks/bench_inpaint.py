@@ -35,7 +35,6 @@ from benchmarks.common import (Row, add_common_args, build_maskgit, fast_path,  
                                packed_matmul, table, transformer_flops)
 from benchmarks.lab_baseline import complete_lab_style  # noqa: E402
 from inpainting import image_generators  # noqa: E402
-from models.decoding import token_unknown_from_pixels  # noqa: E402
 from models.Transformer.attention import fused_is_faster, set_fused  # noqa: E402
 from models.Transformer.packed import packed_weights  # noqa: E402
 from utils import resolve_device  # noqa: E402
@@ -66,10 +65,7 @@ def run(device=None, config: str = "lab", quick: bool = False, batch: int | None
     lab_images = min(batch, 1 if quick else 4)
     model = build_maskgit(device, config)
     images, known = masked_batch(model, batch, device)
-    with torch.inference_mode():  # the masked images' tokens: the input of every variant
-        indices = model.encode_to_z(images)[1]
-    unknown = token_unknown_from_pixels(known, model.vqgan.latent_resolution)
-    tokens = torch.where(unknown, model.mask_token_id, indices)
+    tokens = model.masked_tokens(images, known)  # fp32: the input of every variant
     bf16 = fast_path(model, device, "bf16", training=False)
     ours_fused = fused_is_faster(device, training=False)
     batched = []
@@ -77,7 +73,7 @@ def run(device=None, config: str = "lab", quick: bool = False, batch: int | None
     def baseline(steps=total_iter, n=lab_images):
         lab_path(model)
         for i in range(n):  # the lab's way: one image at a time
-            complete_lab_style(model, indices[i:i + 1], unknown[i:i + 1], steps)
+            complete_lab_style(model, tokens[i:i + 1], steps)
 
     def baseline_encode():
         with torch.no_grad():
@@ -90,8 +86,7 @@ def run(device=None, config: str = "lab", quick: bool = False, batch: int | None
         return model.complete(tokens[:n], steps, gens, autocast=factory)[1]
 
     def ours_encode():
-        with torch.inference_mode(), bf16():
-            model.encode_to_z(images)
+        model.masked_tokens(images, known, bf16)
 
     variants = {"baseline": baseline,
                 "fp32": lambda: batched.append(ours()),

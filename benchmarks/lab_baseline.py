@@ -25,14 +25,15 @@ from models.VQGAN_Transformer import MaskGit  # noqa: E402
 
 
 @torch.no_grad()
-def complete_lab_style(model: MaskGit, z: torch.Tensor, mask: torch.Tensor, total_iter: int):
-    """z (1, N) token ids of the masked image (the lab encodes it first, as ours does),
-    mask (1, N) True where the token is to be inpainted.
+def complete_lab_style(model: MaskGit, z: torch.Tensor, total_iter: int):
+    """z (1, N) token ids of the masked image (the lab encodes it first, as ours does), with
+    [MASK] (K) where the token is to be inpainted.
 
     Returns (the last step's image (1, 3, R, R), tokens (1, N) in [0, K), imga: the
     decoded image after each step).
     """
     mask_id = model.mask_token_id
+    mask = z == mask_id
     mask_num = int(mask.sum())
     imga = []
     for step in range(total_iter):

@@ -142,12 +142,18 @@ class MaskGit(nn.Module):
         Returns what `complete` returns. `autocast` (a context factory, e.g. bf16) covers the
         VQGAN encode too.
         """
+        tokens = self.masked_tokens(images, known, autocast)
+        return self.complete(tokens, total_iter, generators, gamma, sweet_spot, record, autocast,
+                             temperature, choice_temperature)
+
+    @torch.inference_mode()
+    def masked_tokens(self, images: torch.Tensor, known: torch.Tensor, autocast=None) -> torch.Tensor:
+        """The token ids (B, N) of `images`, with [MASK] (K) at every token whose patch
+        touches a hole of `known` (B, 1, R, R), 1 = known."""
         with (autocast or contextlib.nullcontext)():
             _, indices = self.encode_to_z(images)
         unknown = token_unknown_from_pixels(known, self.vqgan.latent_resolution)
-        tokens = torch.where(unknown, self.mask_token_id, indices)
-        return self.complete(tokens, total_iter, generators, gamma, sweet_spot, record, autocast,
-                             temperature, choice_temperature)
+        return torch.where(unknown, self.mask_token_id, indices)
 
     @torch.inference_mode()
     def complete(self, tokens: torch.Tensor, total_iter: int, generators: list[torch.Generator],
