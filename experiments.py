@@ -28,7 +28,8 @@ from data import MaskedImageDataset, normalization
 from inpainting import add_composite_arg, check_schedule_args, inpaint_dataset, load_maskgit
 from metrics.fid import calculate_fid_given_paths, save_statistics
 from models.schedules import gamma_func
-from utils import UserError, check_positive, ensure_writable_dir, resolve_device, run_cli
+from runtime.precision import CHOICES as PRECISIONS, resolve_device, resolve_precision
+from utils import UserError, check_positive, ensure_writable_dir, run_cli
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
@@ -53,7 +54,8 @@ def parse_args(argv=None):
     p.add_argument("--out", default="runs/sweep")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto: bf16 where the hardware runs it natively, else fp32")
     add_composite_arg(p, "score with the known pixels put back")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if present)")
     return p.parse_args(argv)
@@ -172,8 +174,9 @@ def main(argv=None) -> list[dict]:
     if not gt.exists():
         raise UserError(f"ground truth {gt} not found; pass --gt or use a masked set with gt/")
     device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
     out = ensure_writable_dir(args.out)
-    model = load_maskgit(args.load_transformer_ckpt_path, args.MaskGitConfig, device)
+    model = load_maskgit(args.load_transformer_ckpt_path, args.MaskGitConfig, device, precision)
     mean, std = normalization(model.vq_config, "test")
     dataset = MaskedImageDataset(masked / "masked_image", masked / "mask64",
                                  model.vq_config["img_resolution"], mean, std)
@@ -183,7 +186,7 @@ def main(argv=None) -> list[dict]:
         save_statistics(gt, gt_stats, device)
 
     rows = run_sweep(model, dataset, gt_stats, out, settings, args.seed, args.batch_size,
-                     args.precision, args.composite)
+                     precision, args.composite)
     write_tables(rows, out)
     plot_fid(rows, out / "fid_vs_iter.png")
     for mask_func in dict.fromkeys(args.mask_funcs):

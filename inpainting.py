@@ -25,10 +25,11 @@ from tqdm import tqdm
 
 from data import MaskedImageDataset, denormalize, normalization, to_uint8
 from models.compositing import MODES as COMPOSITE_MODES, composite as composite_images
-from models.Transformer.attention import fused_is_faster, set_fused
+from models.Transformer.attention import set_fused
 from models.VQGAN_Transformer import MaskGit
-from utils import (UserError, autocast, check_positive, ensure_writable_dir, load_checkpoint,
-                   load_config, load_weights, resolve_device, run_cli)
+from runtime.checkpoints import load_checkpoint, load_weights
+from runtime.precision import CHOICES as PRECISIONS, autocast, fused_attention, resolve_device, resolve_precision
+from utils import UserError, check_positive, ensure_writable_dir, load_config, run_cli
 
 
 def parse_args(argv=None):
@@ -50,8 +51,9 @@ def parse_args(argv=None):
                    help="Gumbel noise on the confidence (default: the config's)")
     p.add_argument("--temperature", type=float, default=None,
                    help="token sampling temperature, 0 = most likely token (default: the config's, else 1)")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                   help="bf16: the fast path (every network under bf16 autocast)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto: bf16 where the hardware runs it natively (every network under "
+                        "autocast), else fp32")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=".", help="folder for test_results/, mask_scheduling/, imga/")
     p.add_argument("--save-steps", type=int, default=1, help="step pictures for the first N images")
@@ -74,10 +76,10 @@ def check_schedule_args(total_iter: int, sweet_spot: int) -> None:
         raise UserError(f"--sweet-spot {sweet_spot} must be -1 (no early stop) or a step count >= 1")
 
 
-def load_maskgit(ckpt_path, config_path=None, device="cpu",
-                 fused_attention: bool | None = None) -> MaskGit:
-    """Rebuild MaskGit from a transformer checkpoint (its stored config, EMA weights if any).
-    `fused_attention` overrides the config's attention kernel (None keeps it)."""
+def load_maskgit(ckpt_path, config_path=None, device="cpu", precision: str = "fp32") -> MaskGit:
+    """Rebuild MaskGit from a transformer checkpoint (its stored config, EMA weights if any),
+    for inference in the resolved `precision`: where the fused attention kernel is the faster
+    one for it (runtime.precision.fused_attention), it replaces the config's choice."""
     ck = load_checkpoint(ckpt_path, device)
     if "config" in ck and "model" in ck:
         cfg, state = ck["config"], (ck.get("ema") or ck["model"])
@@ -87,8 +89,8 @@ def load_maskgit(ckpt_path, config_path=None, device="cpu",
         raise UserError(f"checkpoint {ckpt_path} carries no config; pass --MaskGitConfig")
     model = MaskGit(cfg["model_param"], where=str(ckpt_path))
     load_weights(model.transformer, state, ckpt_path)
-    if fused_attention is not None:
-        set_fused(model.transformer, fused_attention)
+    if fused_attention(device, precision, training=False):
+        set_fused(model.transformer, True)
     return model.to(device).eval()
 
 
@@ -101,15 +103,17 @@ def save_png(array: np.ndarray, path: Path) -> None:
     Image.fromarray(array).save(path)
 
 
-def step_pictures(model: MaskGit, history, masked01: torch.Tensor, mean, std):
-    """Per image: a strip of token masks and a strip of decoded images, one panel per step."""
+def step_pictures(model: MaskGit, history, masked01: torch.Tensor, mean, std, autocast):
+    """Per image: a strip of token masks and a strip of decoded images, one panel per step,
+    decoded under the same `autocast` as the result, so the last panel is the result."""
     grid, res = model.vqgan.latent_resolution, masked01.shape[-1]
     masks = [(tokens != model.mask_token_id) for tokens, _ in history]  # each (B, N) True = decided
     masks = torch.stack(masks, 1).view(len(masked01), len(history), 1, grid, grid).float()
     masks = torch.nn.functional.interpolate(masks.flatten(0, 1), size=res, mode="nearest")
     masks = masks.view(len(masked01), len(history), 1, res, res).expand(-1, -1, 3, -1, -1)
-    decoded = torch.stack([denormalize(model.vqgan.decode_indices(s), mean, std)
-                           for _, s in history], 1)  # (B, T, 3, R, R)
+    with autocast():
+        decoded = torch.stack([denormalize(model.vqgan.decode_indices(s).float(), mean, std)
+                               for _, s in history], 1)  # (B, T, 3, R, R)
     decoded = torch.cat([masked01.unsqueeze(1), decoded], 1)
     strip = lambda x: to_uint8(torch.cat(list(x.unbind(1)), dim=-1))  # (B, H, T*W, 3)
     return strip(masks), strip(decoded)
@@ -132,12 +136,12 @@ def inpaint_dataset(model: MaskGit, dataset: MaskedImageDataset, out_dir, total_
     if save_steps:
         ensure_writable_dir(out_dir / "mask_scheduling"), ensure_writable_dir(out_dir / "imga")
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    precision_context = lambda: autocast(device, precision)
     for images, known, idx in tqdm(loader, desc="inpainting", disable=len(dataset) <= batch_size):
         images, known = images.to(device), known.to(device)
         record = bool(save_steps) and int(idx[0]) < save_steps
         out, _, history = model.inpaint(images, known, total_iter, image_generators(idx, seed, device),
-                                        gamma, sweet_spot, record,
-                                        autocast=lambda: autocast(device, precision),
+                                        gamma, sweet_spot, record, autocast=precision_context,
                                         temperature=temperature, choice_temperature=choice_temperature)
         out01 = denormalize(out, mean, std)
         masked01 = denormalize(images, mean, std)
@@ -147,7 +151,7 @@ def inpaint_dataset(model: MaskGit, dataset: MaskedImageDataset, out_dir, total_
         if record:  # decode the intermediate steps of the requested images only
             k = min(len(idx), save_steps - int(idx[0]))
             history = [(t[:k], s[:k]) for t, s in history]
-            masks, decoded = step_pictures(model, history, masked01[:k], mean, std)
+            masks, decoded = step_pictures(model, history, masked01[:k], mean, std, precision_context)
             for j, i in enumerate(idx.tolist()[:k]):
                 save_png(masks[j], out_dir / "mask_scheduling" / f"image_{i:03d}.png")
                 save_png(decoded[j], out_dir / "imga" / f"image_{i:03d}.png")
@@ -186,14 +190,12 @@ def main(argv=None):
     if args.mask_func:
         MaskGit.gamma_func(args.mask_func)  # reject an unknown schedule before any work
     device = resolve_device(args.device)
-    # bf16 is the fast path: autocast everywhere, and the faster attention kernel there
-    fast = args.precision == "bf16" and fused_is_faster(device, training=False)
-    model = load_maskgit(args.load_transformer_ckpt_path, args.MaskGitConfig, device,
-                         fused_attention=True if fast else None)
+    precision = resolve_precision(args.precision, device)
+    model = load_maskgit(args.load_transformer_ckpt_path, args.MaskGitConfig, device, precision)
     ensure_writable_dir(args.out)
     if args.generate:
         results = generate(model, args.generate, args.out, args.total_iter, args.mask_func,
-                           args.batch_size, args.seed, args.precision, args.temperature,
+                           args.batch_size, args.seed, precision, args.temperature,
                            args.choice_temperature)
     else:
         mean, std = normalization(model.vq_config, "test")
@@ -202,13 +204,15 @@ def main(argv=None):
         if args.partial < 1.0:
             dataset = torch.utils.data.Subset(dataset, range(max(1, int(len(dataset) * args.partial))))
         results = inpaint_dataset(model, dataset, args.out, args.total_iter, args.mask_func,
-                                  args.sweet_spot, args.batch_size, args.seed, args.precision,
+                                  args.sweet_spot, args.batch_size, args.seed, precision,
                                   args.save_steps, args.composite, args.num_workers,
                                   args.temperature, args.choice_temperature)
     print(f"wrote {results}")
     if args.gt_path:
         from metrics.fid import calculate_fid_given_paths
-        print(f"FID: {calculate_fid_given_paths(str(results), args.gt_path, device=device):.4f}")
+        from metrics.inception import DEFAULT_MODE
+        fid = calculate_fid_given_paths(str(results), args.gt_path, device=device, mode=DEFAULT_MODE)
+        print(f"FID ({DEFAULT_MODE}): {fid:.4f}")
 
 
 if __name__ == "__main__":

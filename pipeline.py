@@ -35,8 +35,9 @@ from metrics.fid import calculate_fid_given_paths, load_images, save_statistics
 from models.compositing import composite
 from models.schedules import gamma_func
 from report import write_report
+from runtime.precision import CHOICES as PRECISIONS, resolve_device, resolve_precision
 from utils import (REPO_ROOT, UserError, check_positive, ensure_writable_dir, load_config,
-                   resolve_device, resolve_path, run_cli)
+                   resolve_path, run_cli)
 
 DEMO_TIME_BUDGET = 3.0  # minutes per training stage on the generated data: the demo stays < 10 min
 
@@ -62,6 +63,9 @@ def parse_args(argv=None):
                    help=f"minutes per training stage (default: {DEMO_TIME_BUDGET} on generated "
                         f"data, unlimited with --data)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if present)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="inpainting precision; auto: bf16 where the hardware runs it natively, "
+                        "else fp32 (training uses its configs' precision)")
     p.add_argument("--num-test", type=int, default=100, help="images to mask for the test set")
     p.add_argument("--mask-kind", default="lab", choices=["lab", "box", "outpaint"])
     p.add_argument("--total-iter", type=int, default=7)
@@ -216,7 +220,8 @@ def main(argv=None) -> dict:
     start = time.time()
 
     tr_ckpt, config = train_stages(args, out, timings)
-    model = load_maskgit(tr_ckpt, config, device)
+    precision = resolve_precision(args.precision, device, "inpainting precision")
+    model = load_maskgit(tr_ckpt, config, device, precision)
     res = model.vq_config["img_resolution"]
 
     t = time.time()
@@ -225,8 +230,8 @@ def main(argv=None) -> dict:
     dataset = MaskedImageDataset(masked / "masked_image", masked / "mask64", res, mean, std)
     inpainted = out / "inpainting"
     results = inpaint_dataset(model, dataset, inpainted, args.total_iter, args.mask_func,
-                              batch_size=args.batch_size, seed=args.seed, save_steps=args.save_steps,
-                              temperature=args.temperature)
+                              batch_size=args.batch_size, seed=args.seed, precision=precision,
+                              save_steps=args.save_steps, temperature=args.temperature)
     timings["mask + inpaint"] = time.time() - t
 
     t = time.time()

@@ -28,11 +28,17 @@ from data.sources import image_tensor
 from data.tokens import cached_tokens
 from models.VQGAN_Transformer import MaskGit
 from models.decoding import token_unknown_from_pixels
-from utils import (EMA, GracefulStop, RunLogger, UserError, all_reduce_mean, all_rng_states,
-                   apply_overrides, autocast, check_finite, check_positive,
-                   check_replicas_identical, cleanup_distributed, ensure_writable_dir,
-                   epoch_order, init_distributed, load_checkpoint, load_config, load_weights,
-                   require_keys, restore_rng, run_cli, save_checkpoint, seed_everything)
+from runtime.checkpoints import load_checkpoint, load_weights, save_checkpoint
+from runtime.distributed import (all_reduce_mean, check_replicas_identical, cleanup_distributed,
+                                 epoch_order, init_distributed)
+from runtime.ema import EMA
+from runtime.lr_schedule import lr_factor
+from runtime.precision import CHOICES as PRECISIONS, autocast, fused_attention, resolve_precision
+from runtime.rng import all_rng_states, restore_rng, seed_everything
+from runtime.run_log import RunLogger
+from runtime.stopping import GracefulStop, check_finite
+from utils import (UserError, apply_overrides, check_positive, ensure_writable_dir, load_config,
+                   require_keys, run_cli)
 
 TRAIN_KEYS = ["epochs", "batch_size", "accum_grad", "learning_rate", "min_lr_ratio", "warmup_steps",
               "weight_decay", "betas", "grad_clip", "masking", "hole_masking", "label_smoothing",
@@ -40,7 +46,8 @@ TRAIN_KEYS = ["epochs", "batch_size", "accum_grad", "learning_rate", "min_lr_rat
 FLAG_TO_KEY = {"epochs": "epochs", "batch_size": "batch_size", "accum_grad": "accum_grad",
                "learning_rate": "learning_rate", "masking": "masking",
                "label_smoothing": "label_smoothing", "precision": "precision",
-               "ema_decay": "ema_decay", "seed": "seed", "hole_masking": "hole_masking"}
+               "ema_decay": "ema_decay", "seed": "seed", "hole_masking": "hole_masking",
+               "max_steps": "max_steps"}
 HOLE_POOL = 2048
 
 
@@ -55,7 +62,9 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", dest="batch_size", type=int, help="per-process micro-batch")
     p.add_argument("--partial", type=float, default=None, help="use this fraction of the data")
     p.add_argument("--accum-grad", dest="accum_grad", type=int, help="micro-batches per step")
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--epochs", type=int, help="train this many epochs instead of max_steps")
+    p.add_argument("--max-steps", dest="max_steps", type=int,
+                   help="optimizer steps of the recipe (0: epochs x steps per epoch)")
     p.add_argument("--save-per-epoch", type=int, default=0, help="keep epoch_NNN.pt every N epochs")
     p.add_argument("--start-from-epoch", type=int, default=None,
                    help="resume from epoch_NNN.pt (written with --save-per-epoch)")
@@ -68,13 +77,15 @@ def parse_args(argv=None):
     p.add_argument("--label-smoothing", dest="label_smoothing", type=float)
     p.add_argument("--hole-masking", dest="hole_masking", type=float,
                    help="fraction of samples masked inside a lab-style hole (maskgit masking)")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="auto (configs' default): bf16 where the hardware runs it natively, else fp32")
     p.add_argument("--ema-decay", dest="ema_decay", type=float, help="0 disables the EMA")
     p.add_argument("--seed", type=int)
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     p.add_argument("--token-cache", default="checkpoints/token_cache")
     p.add_argument("--on-bad-image", choices=["error", "skip"], default="error")
-    p.add_argument("--time-budget", type=float, default=0, help="stop after this many minutes")
+    p.add_argument("--time-budget", type=float, default=0,
+                   help="safety stop after this many minutes (the run is then a prefix of the recipe)")
     p.add_argument("--use_wandb", action="store_true")
     return p.parse_args(argv)
 
@@ -82,6 +93,11 @@ def parse_args(argv=None):
 def resolve_config(args) -> dict:
     cfg = load_config(args.MaskGitConfig, args.set)
     require_keys(cfg, ["model_param", "train_param"], args.MaskGitConfig)
+    cfg["train_param"].setdefault("max_steps", 0)  # configs older than step-counted recipes
+    if args.epochs is not None and args.max_steps is not None:
+        raise UserError("--epochs and --max-steps both set the run's length; pass one of them")
+    if args.epochs is not None:  # a length in epochs replaces the config's step count
+        args.max_steps = 0
     flags = {key: getattr(args, flag) for flag, key in FLAG_TO_KEY.items()}
     cfg = apply_overrides(cfg, [f"train_param.{k}={v}" for k, v in flags.items() if v is not None])
     require_keys(cfg["train_param"], TRAIN_KEYS, f"{args.MaskGitConfig} train_param")
@@ -89,15 +105,9 @@ def resolve_config(args) -> dict:
         raise UserError(f"{args.MaskGitConfig}: train_param.hole_masking must lie in [0, 1]")
     check_positive({f"train_param.{k}": cfg["train_param"][k] for k in
                     ("batch_size", "accum_grad", "learning_rate", "grad_clip")}, args.MaskGitConfig)
+    check_positive({"train_param.max_steps": cfg["train_param"]["max_steps"]}, args.MaskGitConfig,
+                   strict=False)
     return cfg
-
-
-def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    """Linear warm-up, then cosine decay to `min_ratio` of the peak at `total` steps."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def build_optimizer(transformer: torch.nn.Module, tp: dict) -> torch.optim.AdamW:
@@ -149,6 +159,7 @@ def main(argv=None):
     device, rank, world = init_distributed(args.device)
     out = ensure_writable_dir(args.checkpoint_path)
     seed_everything(tp["seed"] + rank)
+    precision = resolve_precision(tp["precision"], device)
 
     model = MaskGit(cfg["model_param"], where=args.MaskGitConfig).to(device)
     train_tokens = load_tokens(model, args.train_d_path, "train", args, device)
@@ -167,10 +178,12 @@ def main(argv=None):
     if steps_per_epoch == 0:
         raise UserError(f"{train_tokens.shape[1]} training images are fewer than one step of "
                         f"{bs * world * accum}; lower --batch-size or --accum-grad")
-    total_steps = tp["epochs"] * steps_per_epoch
+    # the recipe is counted in steps: its length, and so the LR schedule, never depend on
+    # the machine's speed, and a run stopped early is a prefix of the full one
+    total_steps = tp["max_steps"] or tp["epochs"] * steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, tp["warmup_steps"], total_steps, tp["min_lr_ratio"]))
-    scaler = torch.amp.GradScaler(device.type, enabled=tp["precision"] == "fp16")
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     epoch, step, skip, best = 0, 0, 0, math.inf
 
     resume_from = resume_path(out, args, rank)
@@ -195,7 +208,8 @@ def main(argv=None):
         n_params = sum(p.numel() for p in transformer.parameters())
         print(f"training transformer ({n_params:,} params) on {train_tokens.shape[1]} images "
               f"x {train_tokens.shape[0]} view(s); effective batch {bs * accum * world} "
-              f"({world} proc x {bs} x {accum} accum), {steps_per_epoch} steps/epoch, device {device}")
+              f"({world} proc x {bs} x {accum} accum), {total_steps} steps ({steps_per_epoch}/epoch), "
+              f"device {device}, {precision}")
 
     def checkpoint(path, batch_in_epoch):
         """Collective (replica check, RNG gather): every rank calls it, rank 0 writes."""
@@ -206,21 +220,22 @@ def main(argv=None):
                              "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
                              "ema": ema.state_dict() if ema else None, "epoch": epoch,
                              "step": step, "batch_in_epoch": batch_in_epoch, "best_val": best,
-                             "rng": rngs, "config": cfg,
+                             "rng": rngs, "config": cfg, "precision": precision,
                              "vq_ckpt": str(model.vq_ckpt) if model.vq_ckpt else None}, path)
 
     # from here on Ctrl-C, SIGTERM and the time budget stop between steps, with a checkpoint
     stop = GracefulStop(device, args.time_budget)
     stopping = False
     try:
-        while epoch < tp["epochs"] and not stopping:
+        while step < total_steps and not stopping:
             model_train.train()
             batches = epoch_order(train_tokens.shape[1], epoch, tp["seed"], rank, world, bs, skip)
             batches = batches[:len(batches) - len(batches) % accum]
-            loss_sum, n_steps = torch.zeros((), device=device), 0
+            loss_sum, n_steps, done = torch.zeros((), device=device), 0, skip
             bar = tqdm(batches, desc=f"epoch {epoch}", disable=rank != 0, initial=skip,
                        total=skip + len(batches))
             for b_idx, idx in enumerate(bar, start=skip):
+                done = b_idx + 1
                 view = torch.randint(train_tokens.shape[0], (len(idx),))
                 tokens = train_tokens[view, torch.tensor(idx)].to(device, non_blocking=True)
                 region = None
@@ -231,7 +246,7 @@ def main(argv=None):
                 last_micro = (b_idx + 1) % accum == 0
                 sync = contextlib.nullcontext() if last_micro or world == 1 else model_train.no_sync()
                 with sync:
-                    with autocast(device, tp["precision"]):
+                    with autocast(device, precision):
                         logits, target, weight = model_train(tokens, tp["masking"], region=region)
                     loss = MaskGit.loss(logits, target, weight, tp["label_smoothing"])
                     scaler.scale(loss / accum).backward()
@@ -254,11 +269,12 @@ def main(argv=None):
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{sched.get_last_lr()[0]:.2e}")
                 stopping = stop.after_step(step, args.ckpt_interval,
                                            lambda: checkpoint(out / "last.pt", b_idx + 1))
-                if stopping:
+                if stopping or step == total_steps:
                     break
             if stopping:
                 break
-            epoch, skip = epoch + 1, 0
+            # max_steps may end mid-epoch: the checkpoints below then record the position
+            epoch, skip = (epoch + 1, 0) if done == skip + len(batches) else (epoch, done)
             with ema.swapped_into(transformer) if ema else contextlib.nullcontext():
                 val = validation_loss(model, val_tokens, tp, device, 4 * bs)
             # ranks agree on `val` exactly, so they take the same checkpoint branch below
@@ -273,16 +289,16 @@ def main(argv=None):
                       f"val loss {val:.4f}")
             if val < best:
                 best = val
-                checkpoint(out / "best.pt", 0)
-            if args.save_per_epoch and epoch % args.save_per_epoch == 0:
+                checkpoint(out / "best.pt", skip)
+            if args.save_per_epoch and skip == 0 and epoch % args.save_per_epoch == 0:
                 checkpoint(out / f"epoch_{epoch:03d}.pt", 0)
-            checkpoint(out / "last.pt", 0)
+            checkpoint(out / "last.pt", skip)
             stopping = stop.requested()
     finally:
         stop.restore()
         logger.close()
         cleanup_distributed()
-    stop.finish(stopping, out / "last.pt", step, verbose=rank == 0)
+    stop.finish(stopping, out / "last.pt", step, total_steps, verbose=rank == 0)
 
 
 def resume_path(out: Path, args, rank: int) -> Path | None:

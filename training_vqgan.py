@@ -24,17 +24,25 @@ from tqdm import tqdm
 
 from data import denormalize, normalization, normalize
 from data.sources import image_tensor
-from models.VQGAN import VQGAN, codebook_usage
+from models.VQGAN import build_vqgan, codebook_usage
 from models.VQGAN.discriminator import Discriminator
 from models.VQGAN.losses import adopt_weight, generator_loss, hinge_d_loss
-from utils import (GracefulStop, RunLogger, all_reduce_mean, all_rng_states, apply_overrides,
-                   autocast, check_finite, check_positive, check_replicas_identical,
-                   cleanup_distributed, ensure_writable_dir, epoch_order, init_distributed,
-                   load_checkpoint, load_config, load_weights, require_keys, restore_rng,
-                   run_cli, save_checkpoint, seed_everything)
+from runtime.checkpoints import load_checkpoint, load_weights, save_checkpoint
+from runtime.distributed import (all_reduce_mean, check_replicas_identical, cleanup_distributed,
+                                 epoch_order, init_distributed)
+from runtime.lr_schedule import lr_factor
+from runtime.precision import CHOICES as PRECISIONS, autocast, resolve_precision
+from runtime.rng import all_rng_states, restore_rng, seed_everything
+from runtime.run_log import RunLogger
+from runtime.stopping import GracefulStop, check_finite
+from utils import (UserError, apply_overrides, check_positive, ensure_writable_dir, load_config, require_keys,
+                   run_cli)
 
 TRAIN_KEYS = ["epochs", "batch_size", "learning_rate", "betas", "l2_weight", "disc_start",
               "disc_weight", "disc_channels", "disc_layers", "restart_every", "precision", "seed"]
+# Step-counted recipe keys, with the values that keep older configs' behaviour: the
+# length from `epochs`, a constant learning rate.
+STEP_DEFAULTS = {"max_steps": 0, "warmup_steps": 0, "min_lr_ratio": 1.0}
 
 
 def parse_args(argv=None):
@@ -43,10 +51,12 @@ def parse_args(argv=None):
     p.add_argument("--data", default=None, help="training image folder (default: generated data)")
     p.add_argument("--val-data", default=None, help="validation image folder")
     p.add_argument("--out", default="checkpoints/vqgan", help="checkpoint folder")
-    p.add_argument("--epochs", type=int, help="overrides training.epochs")
+    p.add_argument("--epochs", type=int, help="train this many epochs instead of training.max_steps")
+    p.add_argument("--max-steps", type=int, help="overrides training.max_steps, the recipe's length")
     p.add_argument("--batch-size", type=int, help="per-process batch; overrides training.batch_size")
     p.add_argument("--learning-rate", type=float, help="overrides training.learning_rate")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="overrides training.precision")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="overrides training.precision; auto: bf16 where the hardware runs it natively")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if present)")
     p.add_argument("--partial", type=float, default=None, help="use this fraction of the data")
@@ -55,7 +65,8 @@ def parse_args(argv=None):
                    help="continue from <out>/last.pt (from scratch if there is none yet)")
     p.add_argument("--ckpt-interval", "--save-every-steps", dest="ckpt_interval", type=int, default=0,
                    help="also write last.pt every N steps")
-    p.add_argument("--time-budget", type=float, default=0, help="stop after this many minutes")
+    p.add_argument("--time-budget", type=float, default=0,
+                   help="safety stop after this many minutes (the run is then a prefix of the recipe)")
     p.add_argument("--use_wandb", action="store_true")
     return p.parse_args(argv)
 
@@ -63,17 +74,49 @@ def parse_args(argv=None):
 def resolve_config(args) -> dict:
     cfg = load_config(args.config, args.set)
     require_keys(cfg, ["training"], args.config)
-    flags = {"epochs": args.epochs, "batch_size": args.batch_size,
+    for k, v in STEP_DEFAULTS.items():
+        cfg["training"].setdefault(k, v)
+    if args.epochs is not None and args.max_steps is not None:
+        raise UserError("--epochs and --max-steps both set the run's length; pass one of them")
+    # --epochs asks for a length in epochs, so it replaces the config's step count
+    max_steps = 0 if args.epochs is not None else args.max_steps
+    flags = {"epochs": args.epochs, "batch_size": args.batch_size, "max_steps": max_steps,
              "learning_rate": args.learning_rate, "precision": args.precision}
     cfg = apply_overrides(cfg, [f"training.{k}={v}" for k, v in flags.items() if v is not None])
     require_keys(cfg["training"], TRAIN_KEYS, f"{args.config} training")
     check_positive({f"training.{k}": cfg["training"][k] for k in ("batch_size", "learning_rate",
                                                                   "restart_every")}, args.config)
+    check_positive({f"training.{k}": cfg["training"][k] for k in STEP_DEFAULTS}, args.config, strict=False)
     return cfg
 
 
+def train_step(vq, disc, last_layer, opt_ae, opt_d, scaler, x, gan_weight: float,
+               l2_weight: float, device, precision: str, check=lambda loss: None):
+    """One optimizer step of the autoencoder and, when `gan_weight` > 0, of the discriminator,
+    on the normalised batch x (B, 3, R, R). `check(loss)` runs before any weight changes.
+    Returns (the batch's code indices (B, r*r), a log dict of the losses)."""
+    with autocast(device, precision):
+        x_rec, indices, q_loss = vq(x)
+        logits_fake = disc(x_rec) if gan_weight > 0 else None
+    loss, log = generator_loss(x, x_rec.float(), q_loss.float(), logits_fake, last_layer,
+                               gan_weight, l2_weight)
+    check(loss)
+    opt_ae.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt_ae)
+    if gan_weight > 0:
+        with autocast(device, precision):
+            d_loss = hinge_d_loss(disc(x.detach()), disc(x_rec.detach()))
+        opt_d.zero_grad(set_to_none=True)
+        scaler.scale(d_loss).backward()
+        scaler.step(opt_d)
+        log["d"] = d_loss.item()
+    scaler.update()
+    return indices, log
+
+
 @torch.no_grad()
-def evaluate(vq: VQGAN, images: torch.Tensor, mean, std, device, batch_size: int = 64) -> dict:
+def evaluate(vq, images: torch.Tensor, mean, std, device, batch_size: int = 64) -> dict:
     """Reconstruction L1 (normalised space), PSNR on [0, 1] pixels, codebook usage and perplexity."""
     vq.eval()
     l1, mse, all_idx = [], [], []
@@ -98,17 +141,25 @@ def main(argv=None):
     device, rank, world = init_distributed(args.device)
     out = ensure_writable_dir(args.out)
     seed_everything(tc["seed"] + rank)
+    precision = resolve_precision(tc["precision"], device)
     mean, std = normalization(cfg, "train")
     res = cfg["img_resolution"]
     train = image_tensor(args.data, res, "train", args.partial, args.on_bad_image, tc["seed"])
     val = image_tensor(args.val_data, res, "val", None, args.on_bad_image, tc["seed"]) \
         if args.val_data or not args.data else train[:256]
 
-    vq = VQGAN.from_config(cfg, args.config).to(device)
+    vq = build_vqgan(cfg, args.config).to(device)
     disc = Discriminator(cfg["image_channels"], tc["disc_channels"], tc["disc_layers"]).to(device)
     opt_ae = torch.optim.Adam(vq.parameters(), lr=tc["learning_rate"], betas=tuple(tc["betas"]))
     opt_d = torch.optim.Adam(disc.parameters(), lr=tc["learning_rate"], betas=tuple(tc["betas"]))
-    scaler = torch.amp.GradScaler(device.type, enabled=tc["precision"] == "fp16")
+    bs = tc["batch_size"]
+    steps_per_epoch = len(train) // (bs * world)
+    if steps_per_epoch == 0:
+        raise UserError(f"{len(train)} training images are fewer than one step of {bs * world}; "
+                        f"lower --batch-size")
+    # counted in steps, so the schedule and the GAN start never depend on the machine's speed
+    total_steps = tc["max_steps"] or tc["epochs"] * steps_per_epoch
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     epoch, step, skip, best = 0, 0, 0, -math.inf
     # uses of each code since the last dead-code restart, summed over ranks at the restart
     counts = torch.zeros(vq.num_codebook_vectors, device=device)
@@ -128,12 +179,11 @@ def main(argv=None):
         print(f"--resume: no {out / 'last.pt'} yet, starting from scratch")
     vq_train = DDP(vq) if world > 1 else vq
     disc_train = DDP(disc) if world > 1 else disc
-    last_layer = vq.decoder.model[-1].weight
     logger = RunLogger(out, args.use_wandb, cfg, "vqgan", enabled=rank == 0)
-    bs = tc["batch_size"]
     if rank == 0:
         print(f"training VQGAN on {len(train)} images, {sum(p.numel() for p in vq.parameters()):,} "
-              f"params, effective batch {bs * world} ({world} x {bs}), device {device}")
+              f"params, effective batch {bs * world} ({world} x {bs}), {total_steps} steps "
+              f"({steps_per_epoch}/epoch), device {device}, {precision}")
 
     def checkpoint(path, batch_in_epoch):
         """Collective (replica check, RNG and count gathers): every rank calls it, rank 0 writes."""
@@ -144,43 +194,36 @@ def main(argv=None):
                              "opt_ae": opt_ae.state_dict(), "opt_d": opt_d.state_dict(),
                              "scaler": scaler.state_dict(), "epoch": epoch, "step": step,
                              "batch_in_epoch": batch_in_epoch, "best_psnr": best,
-                             "code_counts": code_counts, "rng": rngs, "config": cfg}, path)
+                             "code_counts": code_counts, "rng": rngs, "config": cfg,
+                             "precision": precision}, path)
 
     # from here on Ctrl-C, SIGTERM and the time budget stop between steps, with a checkpoint
     stop = GracefulStop(device, args.time_budget)
     stopping, log = False, {}
     try:
-        while epoch < tc["epochs"] and not stopping:
+        while step < total_steps and not stopping:
             vq_train.train(), disc_train.train()
             batches = epoch_order(len(train), epoch, tc["seed"], rank, world, bs, skip)
             bar = tqdm(batches, desc=f"epoch {epoch}", disable=rank != 0,
                        initial=skip, total=skip + len(batches))
+            done = skip
             for b_idx, idx in enumerate(bar, start=skip):
+                done = b_idx + 1
                 x = normalize(train[idx].to(device).float() / 255, mean, std)
+                lr = tc["learning_rate"] * lr_factor(step, tc["warmup_steps"], total_steps,
+                                                     tc["min_lr_ratio"])
+                for group in (*opt_ae.param_groups, *opt_d.param_groups):
+                    group["lr"] = lr
                 gan_w = adopt_weight(tc["disc_weight"], step, tc["disc_start"])
-                with autocast(device, tc["precision"]):
-                    x_rec, indices, q_loss = vq_train(x)
-                    logits_fake = disc_train(x_rec) if gan_w > 0 else None
-                loss, log = generator_loss(x, x_rec.float(), q_loss.float(), logits_fake,
-                                           last_layer, gan_w, tc["l2_weight"])
-                check_finite(loss, step, out)
-                opt_ae.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt_ae)
-                if gan_w > 0:
-                    with autocast(device, tc["precision"]):
-                        d_loss = hinge_d_loss(disc_train(x.detach()), disc_train(x_rec.detach()))
-                    opt_d.zero_grad(set_to_none=True)
-                    scaler.scale(d_loss).backward()
-                    scaler.step(opt_d)
-                    log["d"] = d_loss.item()
-                scaler.update()
+                indices, log = train_step(vq_train, disc_train, vq.last_layer, opt_ae, opt_d, scaler,
+                                          x, gan_w, tc["l2_weight"], device, precision,
+                                          lambda loss: check_finite(loss, step, out))
                 counts += torch.bincount(indices.flatten(), minlength=len(counts))
                 step += 1
                 if step % tc["restart_every"] == 0:
                     total = all_reduce_mean(counts) * world
                     with torch.no_grad():
-                        z = vq.quant_conv(vq.encoder(x)).permute(0, 2, 3, 1).flatten(0, 2)
+                        z = vq.latents(x)
                     log["restarted"] = vq.codebook.restart_dead_codes(total, z.float())
                     if world > 1:  # every rank must hold rank 0's codebook
                         torch.distributed.broadcast(vq.codebook.embedding.weight.data, 0)
@@ -188,11 +231,12 @@ def main(argv=None):
                 bar.set_postfix({k: f"{v:.3g}" for k, v in log.items()})
                 stopping = stop.after_step(step, args.ckpt_interval,
                                            lambda: checkpoint(out / "last.pt", b_idx + 1))
-                if stopping:
+                if stopping or step == total_steps:
                     break
             if stopping:
                 break
-            epoch, skip = epoch + 1, 0
+            # max_steps may end mid-epoch: the checkpoints below then record the position
+            epoch, skip = (epoch + 1, 0) if done == skip + len(batches) else (epoch, done)
             # every rank evaluates (identical replicas; the others would only wait), so all
             # agree on `best` and take part in the collective checkpoint below
             metrics = evaluate(vq, val, mean, std, device)
@@ -203,14 +247,14 @@ def main(argv=None):
                 save_reconstructions(vq, val[:8], mean, std, device, out / "reconstructions.png")
             if metrics["val_psnr"] > best:
                 best = metrics["val_psnr"]
-                checkpoint(out / "best.pt", 0)
-            checkpoint(out / "last.pt", 0)
+                checkpoint(out / "best.pt", skip)
+            checkpoint(out / "last.pt", skip)
             stopping = stop.requested()
     finally:
         stop.restore()
         logger.close()
         cleanup_distributed()
-    stop.finish(stopping, out / "last.pt", step, verbose=rank == 0)
+    stop.finish(stopping, out / "last.pt", step, total_steps, verbose=rank == 0)
 
 
 @torch.no_grad()

@@ -35,9 +35,9 @@ from benchmarks.common import (Row, add_common_args, build_maskgit, fast_path,  
                                packed_matmul, table, transformer_flops)
 from benchmarks.lab_baseline import complete_lab_style  # noqa: E402
 from inpainting import image_generators  # noqa: E402
-from models.Transformer.attention import fused_is_faster, set_fused  # noqa: E402
+from models.Transformer.attention import set_fused  # noqa: E402
 from models.Transformer.packed import packed_weights  # noqa: E402
-from utils import resolve_device  # noqa: E402
+from runtime.precision import fused_attention, resolve_device  # noqa: E402
 
 
 def forward_call(model, params: dict, batch: int, device, factory, fused: bool):
@@ -67,7 +67,7 @@ def run(device=None, config: str = "lab", quick: bool = False, batch: int | None
     images, known = masked_batch(model, batch, device)
     tokens = model.masked_tokens(images, known)  # fp32: the input of every variant
     bf16 = fast_path(model, device, "bf16", training=False)
-    ours_fused = fused_is_faster(device, training=False)
+    ours_fused = fused_attention(device, "bf16", training=False)
     batched = []
 
     def baseline(steps=total_iter, n=lab_images):

@@ -19,7 +19,8 @@ from data import MaskedImageDataset, normalization  # noqa: E402
 from inpainting import inpaint_dataset, load_maskgit  # noqa: E402
 from metrics.fid import calculate_fid_given_paths, save_statistics  # noqa: E402
 from pipeline import composite_folder  # noqa: E402
-from utils import ensure_writable_dir, resolve_device  # noqa: E402
+from runtime.precision import resolve_device  # noqa: E402
+from utils import ensure_writable_dir  # noqa: E402
 
 
 def run(ckpt, masked_dir, out, device=None, total_iter: int = 7, batch_size: int = 32) -> list[Row]:

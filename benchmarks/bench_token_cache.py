@@ -27,7 +27,8 @@ from benchmarks.common import (Row, add_common_args, build_maskgit, generated_im
 from data import normalization, normalize  # noqa: E402
 from data.tokens import cached_tokens  # noqa: E402
 from training_transformer import build_optimizer  # noqa: E402
-from utils import autocast, resolve_device, save_checkpoint  # noqa: E402
+from runtime.precision import autocast, resolve_device  # noqa: E402
+from runtime.checkpoints import save_checkpoint  # noqa: E402
 
 
 def run(device=None, config: str = "tiny", quick: bool = False, n_images: int | None = None,

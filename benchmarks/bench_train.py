@@ -32,7 +32,7 @@ from benchmarks.lab_baseline import train_step_lab_style  # noqa: E402
 from data import normalization, normalize  # noqa: E402
 from models.VQGAN_Transformer import MaskGit  # noqa: E402
 from training_transformer import build_optimizer  # noqa: E402
-from utils import resolve_device  # noqa: E402
+from runtime.precision import resolve_device  # noqa: E402
 
 VARIANTS = ("baseline", "ours")
 

@@ -16,10 +16,11 @@ import numpy as np
 import torch
 
 from data import lab_mask, make_synthetic_images, normalization, normalize
-from models.Transformer.attention import fused_is_faster, set_fused
+from models.Transformer.attention import set_fused
 from models.Transformer.packed import Linear, packed_weights
 from models.VQGAN_Transformer import MaskGit
-from utils import autocast, load_config
+from runtime.precision import autocast, fused_attention
+from utils import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"lab": ("MaskGit.yml", "VQGAN.yml"), "tiny": ("MaskGit_tiny.yml", "VQGAN_tiny.yml")}
@@ -139,7 +140,7 @@ def transformer_flops(params: dict, batch: int) -> float:
 def fast_path(model: MaskGit, device, precision: str, training: bool):
     """Our inference/training setting: the faster attention kernel on this device for bf16
     (fused, except for training on CPU) and an autocast context factory."""
-    set_fused(model.transformer, fused_is_faster(device, training))
+    set_fused(model.transformer, fused_attention(device, precision, training))
     return lambda: autocast(torch.device(device), precision)
 
 

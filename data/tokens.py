@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from utils import load_checkpoint, save_checkpoint
+from runtime.checkpoints import load_checkpoint, save_checkpoint
 from .images import normalize
 
 

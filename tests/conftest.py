@@ -13,7 +13,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from models.VQGAN import VQGAN  # noqa: E402
-from utils import load_config, save_checkpoint  # noqa: E402
+from runtime.checkpoints import save_checkpoint  # noqa: E402
+from utils import load_config  # noqa: E402
 
 VQ_TINY = REPO / "configs" / "VQGAN_tiny.yml"
 MASKGIT_TINY = REPO / "configs" / "MaskGit_tiny.yml"

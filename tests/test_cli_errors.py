@@ -23,7 +23,8 @@ from conftest import REPO, VQ_TINY, maskgit_tiny_cfg, run_script
 from data import make_masked_set, make_synthetic_images
 from models.VQGAN import VQGAN
 from models.VQGAN_Transformer import MaskGit
-from utils import apply_overrides, load_config, run_cli, save_checkpoint
+from runtime.checkpoints import save_checkpoint
+from utils import apply_overrides, load_config, run_cli
 
 _spec = importlib.util.spec_from_file_location("fid_score_gpu",
                                                REPO / "faster-pytorch-fid" / "fid_score_gpu.py")

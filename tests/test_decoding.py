@@ -10,7 +10,7 @@ from inpainting import image_generators
 from models.decoding import decode_step, gumbel, iterative_decode, token_unknown_from_pixels
 from models.schedules import SCHEDULES, gamma_func
 from models.Transformer import BidirectionalTransformer
-from models.Transformer.packed import onednn_bf16
+from runtime.precision import cpu_native_bf16
 from utils import UserError
 
 K, N, T = 32, 64, 6  # 8x8 tokens from 32 codes; id 32 is [MASK]
@@ -148,7 +148,7 @@ def test_batched_equals_one_by_one():
     assert not torch.equal(other_seed, batched)
 
 
-@pytest.mark.skipif(not onednn_bf16(), reason="no oneDNN bf16: packing is a no-op")
+@pytest.mark.skipif(not cpu_native_bf16(), reason="no native bf16: packing is a no-op")
 def test_cpu_bf16_decoding_runs_on_packed_weights():
     model = BidirectionalTransformer(N, K, dim=32, n_layers=1, hidden_dim=64, num_heads=4).eval()
     packed = []  # per transformer call: did the first MLP layer have packed weights?

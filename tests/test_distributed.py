@@ -4,7 +4,7 @@ ranks via torch.distributed.run), with tiny configs and an untrained VQGAN.
 
 What is compared with what:
   (a) the transformer under 2 ranks: every checkpoint (here: every step) runs
-      utils.check_replicas_identical, which stops the run if any weight differs from rank 0's;
+      runtime.distributed.check_replicas_identical, which stops the run if any weight differs from rank 0's;
   (b) DDP 2 x b == 1 x 2b on the VQGAN trainer (GAN off, no code restarts): given the
       batch its step is deterministic, while the transformer draws masks from per-rank RNG
       streams that one process cannot reproduce.
@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 
 from conftest import run_script
 from data import write_synthetic_folder
-from utils import check_replicas_identical, epoch_order
+from runtime.distributed import check_replicas_identical, epoch_order
 
 NO_DROPOUT = ["model_param.Transformer_param.attn_drop=0", "model_param.Transformer_param.dropout=0"]
 

@@ -16,7 +16,8 @@ import torch
 from conftest import REPO, SCRIPT_ENV, run_script, script_cmd
 from data import write_synthetic_folder
 from inpainting import load_maskgit
-from utils import UserError, load_checkpoint, save_checkpoint
+from runtime.checkpoints import load_checkpoint, save_checkpoint
+from utils import UserError
 
 # 100 generated images, batch 8 -> 12 steps per epoch; dropout on, so resume must restore RNG
 TRANSFORMER = ["--partial", 0.05, "--batch-size", 8, "--epochs", 2, "--device", "cpu",
@@ -112,7 +113,8 @@ def test_ctrl_c_saves_a_finished_step_and_exits_130(tmp_path):
                                     sig=signal.SIGINT)
     assert stopped.returncode == 130, stopped.stderr[-3000:]
     assert "Traceback" not in stopped.stderr and "SIGINT: stopping after this step" in stopped.stderr
-    assert f"interrupted: saved {out / 'last.pt'} at step {step}" in stopped.stdout
+    # 100 images in batches of 8 for 2 epochs: the recipe is 24 steps
+    assert f"interrupted after {step} of the recipe's 24 steps: saved {out / 'last.pt'}" in stopped.stdout
     ck = load(out / "last.pt")  # the step count and the batch position agree (nothing half done)
     assert ck["batch_in_epoch"] == step - 12 * ck["epoch"] and ck["scheduler"]["last_epoch"] == step
 

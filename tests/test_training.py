@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from conftest import MASKGIT_TINY, VQ_TINY, maskgit_tiny_cfg
 from models.VQGAN_Transformer import MaskGit
-from utils import UserError, load_checkpoint
+from runtime.checkpoints import load_checkpoint
+from utils import UserError
 
 import training_transformer
 

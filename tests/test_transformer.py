@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from models.Transformer import BidirectionalTransformer, MultiHeadAttention
-from models.Transformer.packed import Linear, onednn_bf16, packed_weights
+from models.Transformer.packed import Linear, packed_weights
+from runtime.precision import cpu_native_bf16
 
 K, N, DIM, HEADS = 16, 12, 32, 4
 
@@ -102,14 +103,14 @@ def test_logits_at_chosen_positions_only():
     assert (part[~only] == 0).all()
 
 
-needs_onednn_bf16 = pytest.mark.skipif(not onednn_bf16(), reason="no oneDNN bf16: packing is a no-op")
+needs_native_bf16 = pytest.mark.skipif(not cpu_native_bf16(), reason="no native bf16: packing is a no-op")
 
 
 def packed_count(model) -> int:
     return sum(m.packed is not None for m in model.modules() if isinstance(m, Linear))
 
 
-@needs_onednn_bf16
+@needs_native_bf16
 def test_packed_weights_give_the_autocast_logits():
     torch.manual_seed(0)
     model = BidirectionalTransformer(N, K, DIM, n_layers=2, hidden_dim=64, num_heads=HEADS).eval()

@@ -12,7 +12,8 @@ from models.VQGAN import VQGAN, Codebook, codebook_usage
 from models.VQGAN.blocks import resample_stages
 from models.VQGAN.losses import generator_loss
 from models.VQGAN_Transformer import load_vqgan
-from utils import UserError, load_config, save_checkpoint
+from runtime.checkpoints import save_checkpoint
+from utils import UserError, load_config
 
 MANIFEST = Path(__file__).parent / "vqgan_state_dict.tsv"
 

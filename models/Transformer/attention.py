@@ -46,14 +46,3 @@ def set_fused(model: nn.Module, fused: bool) -> None:
     for m in model.modules():
         if isinstance(m, MultiHeadAttention):
             m.fused = fused
-
-
-def fused_is_faster(device, training: bool) -> bool:
-    """Whether the fused kernel beats the hand-written attention for bf16 work on `device`.
-
-    On CUDA it does (flash / memory-efficient kernels). On CPU, measured at the lab
-    config (N = 256, head_dim = 48; benchmarks/bench_inpaint.py and bench_train.py), it
-    is 5-12% faster for inference but slower for training, where dropout sends
-    F.scaled_dot_product_attention to its unfused math path.
-    """
-    return torch.device(device).type == "cuda" or not training

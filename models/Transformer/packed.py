@@ -12,6 +12,8 @@ import contextlib
 import torch
 import torch.nn as nn
 
+from runtime.precision import cpu_native_bf16
+
 
 class Linear(nn.Linear):
     """nn.Linear that multiplies by a pre-packed bf16 weight while `packed` is set."""
@@ -27,17 +29,12 @@ class Linear(nn.Linear):
         return y.view(*x.shape[:-1], y.shape[-1])
 
 
-def onednn_bf16() -> bool:
-    """Whether this torch build has oneDNN's packed linear and this CPU its bf16 kernels."""
-    return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-            and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
 def can_pack(device: torch.device) -> bool:
-    """Whether linears would run packed here: CPU bf16 autocast, no autograd, `onednn_bf16`."""
+    """Whether linears would run packed here: CPU bf16 autocast, no autograd, and a CPU with
+    native bf16 (the precision policy's own test) under a torch with oneDNN's packed linear."""
     return (device.type == "cpu" and torch.is_autocast_enabled("cpu")
             and torch.get_autocast_dtype("cpu") == torch.bfloat16 and not torch.is_grad_enabled()
-            and onednn_bf16())
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise") and cpu_native_bf16())
 
 
 @contextlib.contextmanager

@@ -1,0 +1,131 @@
+"""Devices, and one precision policy for every CLI, trainer and benchmark.
+
+`auto`, the default everywhere, is the fastest precision the hardware runs natively:
+- CUDA: bf16 where the GPU supports it, else fp16 (with a GradScaler when training);
+- CPU: bf16 where the CPU has native bf16 instructions (AVX512-BF16 or AMX on x86, the
+  bf16 extension on Arm) and oneDNN has bf16 kernels for it, else fp32.
+
+Without native bf16, oneDNN and ATen emulate it: on a 2-core AVX2 CPU a stage-2 training
+step took 101-151 s in bf16 against 5.3 s in fp32. An explicit bf16 there still runs, but
+says so once. The hardware is read through torch's own capability queries (ATen's CPU
+capability, cpuinfo's ISA flags, oneDNN's bf16 check), never from CPU model names; so
+`ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2` makes an AVX-512 machine resolve as
+an AVX2 one. The kernel choices that depend on the precision (`fused_attention` here,
+the packed bf16 weights in models/Transformer/packed.py) follow the same answers.
+"""
+from __future__ import annotations
+
+import contextlib
+import platform
+import sys
+
+import torch
+
+from utils import UserError
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+CHOICES = ["auto", *PRECISIONS]
+_SAID: set[str] = set()  # messages already printed by this process
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """`None`/'auto' -> CUDA when present, else CPU. Asking for absent CUDA is an error."""
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name} was requested but this machine has no CUDA; "
+                        f"use --device cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown --device '{name}'; use cpu, cuda or cuda:N") from None
+
+
+def _x86() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+
+
+def cpu_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware, as oneDNN and ATen will use it.
+
+    oneDNN's check alone also says yes on AVX-512 CPUs without bf16 instructions, which it
+    emulates; ATen's capability (AVX2 when forced by ATEN_CPU_CAPABILITY) rules out its
+    vector kernels on such a CPU."""
+    onednn = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    if not onednn:
+        return False
+    if not _x86():
+        return True  # oneDNN reports bf16 on Arm only with the bf16 extension
+    return (torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+            and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()))
+
+
+def cpu_kind() -> str:
+    """The CPU as benchmarks name it: AMX, AVX512-BF16, AVX512, AVX2 or ATen's capability,
+    with whether oneDNN runs bf16 natively here."""
+    cap = torch.backends.cpu.get_cpu_capability()
+    if cap.startswith("AVX512") and _x86():
+        cap = "AMX" if torch.cpu._is_amx_tile_supported() else (
+            "AVX512-BF16" if torch.cpu._is_avx512_bf16_supported() else "AVX512")
+    return f"{cap}, {'native' if cpu_native_bf16() else 'no native'} bf16"
+
+
+def choose_precision(requested: str, device: torch.device) -> tuple[str, str]:
+    """(precision, reason) for `requested` in CHOICES on `device`. Pure: prints nothing."""
+    if requested not in CHOICES:
+        raise UserError(f"unknown precision '{requested}'; choose one of {', '.join(CHOICES)}")
+    device = torch.device(device)
+    if requested != "auto":
+        return requested, "as configured"
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return "bf16", "auto: this GPU supports bf16"
+        return "fp16", "auto: this GPU has no bf16, fp16 with a GradScaler"
+    if device.type == "cpu":
+        if cpu_native_bf16():
+            return "bf16", f"auto: the CPU has native bf16 ({cpu_kind()})"
+        return "fp32", f"auto: the CPU has no native bf16 ({cpu_kind()}), where bf16 is many times slower"
+    return "fp32", f"auto: {device.type} has no mixed-precision policy here"
+
+
+def say_once(message: str, stream=None) -> None:
+    """Print `message` (to stdout by default) unless this process already has."""
+    if message not in _SAID:
+        _SAID.add(message)
+        print(message, file=stream or sys.stdout, flush=True)
+
+
+def resolve_precision(requested: str, device: torch.device, what: str = "precision") -> str:
+    """`choose_precision`, saying the choice and its reason once per process; an explicit
+    bf16 on a CPU without native bf16 runs, with a warning."""
+    precision, reason = choose_precision(requested, device)
+    say_once(f"{what}: {precision} ({reason})")
+    if precision == "bf16" and torch.device(device).type == "cpu" and not cpu_native_bf16():
+        say_once(f"warning: bf16 on this CPU ({cpu_kind()}) is emulated and runs many times "
+                 f"slower than fp32 (101-151 s against 5.3 s for a cat-face training step on "
+                 f"a 2-core AVX2 CPU); use --precision auto or fp32", sys.stderr)
+    return precision
+
+
+def autocast(device: torch.device, precision: str):
+    """Autocast context for a resolved `precision` in {fp32, bf16, fp16}; fp32 is a no-op."""
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def fused_attention(device, precision: str, training: bool) -> bool:
+    """Whether the fused attention kernel is the faster one for this work.
+
+    On CUDA it is (flash / memory-efficient kernels). On CPU, measured at the lab config
+    (N = 256, head_dim = 48; benchmarks/bench_inpaint.py and bench_train.py), it is 5-12%
+    faster for bf16 inference but slower for training, where dropout sends
+    F.scaled_dot_product_attention to its unfused math path. fp32 keeps the hand-written
+    attention the lab asks for.
+    """
+    if torch.device(device).type == "cuda":
+        return precision != "fp32"
+    return precision == "bf16" and not training

@@ -1,0 +1,114 @@
+"""The precision policy, on every kind of machine, with torch's hardware queries mocked."""
+import pytest
+import torch
+
+from runtime import precision
+from runtime.precision import choose_precision, cpu_native_bf16, fused_attention, resolve_precision
+
+CPU = torch.device("cpu")
+# (ATen capability, oneDNN bf16 check, AVX512-BF16 flag, AMX flag, machine)
+MACHINES = {
+    "sapphire rapids (AMX)": ("AVX512", True, True, True, "x86_64"),
+    "zen 4 (AVX512-BF16)": ("AVX512", True, True, False, "x86_64"),
+    "skylake (AVX512, no bf16)": ("AVX512", True, False, False, "x86_64"),
+    "epyc (AVX2)": ("AVX2", False, False, False, "x86_64"),
+    "AMX forced to AVX2 (ATEN_CPU_CAPABILITY=avx2)": ("AVX2", True, True, True, "x86_64"),
+    "arm with bf16": ("DEFAULT", True, False, False, "aarch64"),
+    "arm without bf16": ("DEFAULT", False, False, False, "aarch64"),
+}
+EXPECTED = {"sapphire rapids (AMX)": "bf16", "zen 4 (AVX512-BF16)": "bf16",
+            "skylake (AVX512, no bf16)": "fp32", "epyc (AVX2)": "fp32",
+            "AMX forced to AVX2 (ATEN_CPU_CAPABILITY=avx2)": "fp32", "arm with bf16": "bf16",
+            "arm without bf16": "fp32"}
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """Make torch report the named machine; each test starts with nothing said yet."""
+    monkeypatch.setattr(precision, "_SAID", set())
+
+    def use(name):
+        cap, onednn, avx512_bf16, amx, arch = MACHINES[name]
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: cap)
+        monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+        monkeypatch.setattr(precision.platform, "machine", lambda: arch)
+    return use
+
+
+@pytest.mark.parametrize("name", MACHINES)
+def test_auto_on_every_cpu(machine, name):
+    machine(name)
+    chosen, reason = choose_precision("auto", CPU)
+    assert chosen == EXPECTED[name]
+    assert cpu_native_bf16() == (chosen == "bf16")
+    assert reason.startswith("auto: the CPU has " + ("native" if chosen == "bf16" else "no native"))
+
+
+@pytest.mark.parametrize("bf16, expected", [(True, "bf16"), (False, "fp16")])
+def test_auto_on_cuda(monkeypatch, bf16, expected):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    assert choose_precision("auto", torch.device("cuda"))[0] == expected
+
+
+@pytest.mark.parametrize("name", MACHINES)
+@pytest.mark.parametrize("asked", ["fp32", "bf16", "fp16"])
+def test_an_explicit_precision_is_kept(machine, name, asked):
+    machine(name)
+    assert choose_precision(asked, CPU) == (asked, "as configured")
+
+
+def test_unknown_precision_is_a_user_error():
+    with pytest.raises(precision.UserError, match="unknown precision 'int4'; choose one of auto"):
+        choose_precision("int4", CPU)
+
+
+def test_the_choice_and_its_reason_are_printed_once(machine, capsys):
+    machine("epyc (AVX2)")
+    assert resolve_precision("auto", CPU) == resolve_precision("auto", CPU) == "fp32"
+    out = capsys.readouterr()
+    assert out.out.count("precision: fp32 (auto: the CPU has no native bf16 (AVX2, no native bf16)") == 1
+    assert out.err == ""
+
+
+def test_explicit_bf16_without_native_bf16_runs_and_warns_once(machine, capsys):
+    machine("epyc (AVX2)")
+    assert [resolve_precision("bf16", CPU) for _ in range(3)] == ["bf16"] * 3
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: bf16 on this CPU (AVX2, no native bf16) "
+                                               "is emulated and runs many times slower than fp32")
+
+
+def test_explicit_bf16_with_native_bf16_does_not_warn(machine, capsys):
+    machine("sapphire rapids (AMX)")
+    assert resolve_precision("bf16", CPU) == "bf16"
+    assert capsys.readouterr().err == ""
+
+
+def test_cpu_kind_names_the_vector_extension(machine):
+    for name, kind in [("sapphire rapids (AMX)", "AMX, native bf16"),
+                       ("zen 4 (AVX512-BF16)", "AVX512-BF16, native bf16"),
+                       ("skylake (AVX512, no bf16)", "AVX512, no native bf16"),
+                       ("epyc (AVX2)", "AVX2, no native bf16")]:
+        machine(name)
+        assert precision.cpu_kind() == kind
+
+
+def test_kernels_follow_the_precision():
+    cuda = torch.device("cuda")
+    assert fused_attention(CPU, "bf16", training=False)
+    assert not fused_attention(CPU, "bf16", training=True)  # dropout: the unfused math path
+    assert not fused_attention(CPU, "fp32", training=False)  # the lab's hand-written attention
+    assert fused_attention(cuda, "bf16", training=True) and fused_attention(cuda, "fp16", training=False)
+    assert not fused_attention(cuda, "fp32", training=False)
+
+
+def test_packing_follows_the_policy(machine):
+    from models.Transformer.packed import can_pack
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        machine("skylake (AVX512, no bf16)")  # oneDNN would emulate bf16 here: no packing
+        assert not can_pack(CPU)
+        machine("sapphire rapids (AMX)")
+        assert can_pack(CPU) == hasattr(torch.ops.mkldnn, "_linear_pointwise")
