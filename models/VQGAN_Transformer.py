@@ -5,12 +5,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils import (UserError, check_positive, load_checkpoint, load_config, load_weights, require_keys,
-                   resolve_path)
+from runtime.checkpoints import load_checkpoint, load_weights
+from utils import UserError, check_positive, load_config, require_keys, resolve_path
 from .decoding import iterative_decode, token_unknown_from_pixels
 from .schedules import gamma_func
 from .Transformer import BidirectionalTransformer
-from .VQGAN import VQGAN
+from .VQGAN import build_vqgan
 
 MODEL_KEYS = ["VQ_Configs", "num_image_tokens", "num_codebook_vectors", "choice_temperature",
               "gamma_type", "Transformer_param"]
@@ -18,8 +18,9 @@ TRANSFORMER_KEYS = ["num_image_tokens", "num_codebook_vectors", "dim", "n_layers
 TRANSFORMER_OPTIONAL = ["num_heads", "attn_drop", "dropout", "fused_attention"]
 
 
-def load_vqgan(config_path, ckpt_path=None) -> tuple[VQGAN, dict]:
-    """Build a VQGAN and load its weights. Returns (model in eval mode, its config).
+def load_vqgan(config_path, ckpt_path=None) -> tuple[nn.Module, dict]:
+    """Build a VQGAN (the lab's or a CompactVQGAN, as the config says) and load its weights.
+    Returns (model in eval mode, its config).
 
     Accepts our training checkpoints (a dict holding 'model' and 'config', which wins
     over `config_path`) and the lab's plain state_dict VQGAN.pt (built from `config_path`).
@@ -31,7 +32,7 @@ def load_vqgan(config_path, ckpt_path=None) -> tuple[VQGAN, dict]:
         cfg, state = state["config"], state["model"]
     else:
         cfg = load_config(config_path)
-    model = VQGAN.from_config(cfg, where=str(config_path))
+    model = build_vqgan(cfg, where=str(config_path))
     if state is not None:
         load_weights(model, state, ckpt_path)
     return model.eval().requires_grad_(False), cfg

@@ -46,6 +46,15 @@ class VQGAN(nn.Module):
             raise UserError(f"{where} describes an impossible VQGAN ({e}); "
                             f"check the channel lists and resolutions") from None
 
+    @property
+    def last_layer(self) -> torch.Tensor:
+        """The weight the adaptive GAN weight balances its gradient at."""
+        return self.decoder.model[-1].weight
+
+    def latents(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, 3, R, R) -> the pre-quantisation vectors (B*r*r, D), for code restarts."""
+        return self.quant_conv(self.encoder(x)).permute(0, 2, 3, 1).flatten(0, 2)
+
     def encode(self, x: torch.Tensor):
         """x (B, 3, R, R) normalised -> z_q (B, D, r, r), indices (B, r*r) in [0, K), q_loss."""
         return self.codebook(self.quant_conv(self.encoder(x)))

@@ -1,0 +1,93 @@
+"""Factorised, l2-normalised vector quantiser (Yu et al. 2022, ViT-VQGAN), with optional
+EMA code updates (van den Oord et al. 2017) and dead-code restarts.
+
+The encoder outputs low-dimensional vectors (`code_dim`, 4-8 rather than 64). Both
+they and the codes are l2-normalised, so the nearest code is the one of highest cosine
+similarity: every code lives on the same sphere as the encoder outputs, and few go unused.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from runtime.distributed import is_distributed
+
+
+class FactorizedCodebook(nn.Module):
+    """z (B, d, h, w) -> (z_q (B, d, h, w) unit vectors, indices (B, h*w) row-major, loss).
+
+    `ema_decay` > 0 moves each code to the running mean of the encoder outputs assigned to
+    it (the codebook then takes no gradient, and the loss is the commitment term alone);
+    0 learns the codes by gradient through the codebook term. Codes in `embedding.weight`
+    are stored unnormalised; `codes()` gives the unit vectors every lookup uses.
+    """
+
+    def __init__(self, num_codebook_vectors: int, code_dim: int, beta: float = 0.25,
+                 ema_decay: float = 0.0, eps: float = 1e-5):
+        super().__init__()
+        self.num_codebook_vectors = num_codebook_vectors
+        self.latent_dim = code_dim
+        self.beta, self.ema_decay, self.eps = beta, ema_decay, eps
+        self.embedding = nn.Embedding(num_codebook_vectors, code_dim)
+        nn.init.normal_(self.embedding.weight)
+        if ema_decay > 0:
+            self.embedding.weight.requires_grad_(False)
+            # running assignment counts and sums of the (normalised) encoder outputs
+            self.register_buffer("ema_count", torch.ones(num_codebook_vectors))
+            self.register_buffer("ema_sum", self.embedding.weight.detach().clone())
+
+    def codes(self) -> torch.Tensor:
+        """(K, d) unit code vectors."""
+        return F.normalize(self.embedding.weight, dim=1)
+
+    def lookup(self, z_flat: torch.Tensor) -> torch.Tensor:
+        """Nearest code id (highest cosine) of each row of z_flat (M, d) -> (M,) in [0, K)."""
+        return (F.normalize(z_flat, dim=1) @ self.codes().t()).argmax(dim=1)  # (M, K) -> (M,)
+
+    def forward(self, z: torch.Tensor):
+        b, d, h, w = z.shape
+        z_flat = F.normalize(z.permute(0, 2, 3, 1).reshape(-1, d).float(), dim=1)  # (B*h*w, d)
+        indices = self.lookup(z_flat.detach())
+        if self.training and self.ema_decay > 0:
+            self._ema_update(z_flat.detach(), indices)
+        z_q = self.codes()[indices]  # (B*h*w, d)
+        loss = self.beta * F.mse_loss(z_flat, z_q.detach())
+        if self.ema_decay == 0:
+            loss = loss + F.mse_loss(z_q, z_flat.detach())
+        z_q = z_flat + (z_q - z_flat).detach()  # straight-through estimator
+        z_q = z_q.view(b, h, w, d).permute(0, 3, 1, 2).to(z.dtype)  # (B, d, h, w)
+        return z_q, indices.view(b, h * w), loss
+
+    @torch.no_grad()
+    def _ema_update(self, z_flat: torch.Tensor, indices: torch.Tensor) -> None:
+        onehot = F.one_hot(indices, self.num_codebook_vectors).type(z_flat.dtype)  # (M, K)
+        count, total = onehot.sum(0), onehot.t() @ z_flat  # (K,), (K, d)
+        if is_distributed():  # every replica must take the same step
+            import torch.distributed as dist
+            dist.all_reduce(count), dist.all_reduce(total)
+        self.ema_count.lerp_(count, 1 - self.ema_decay)
+        self.ema_sum.lerp_(total, 1 - self.ema_decay)
+        # Laplace smoothing keeps a code that lost its assignments finite
+        n = self.ema_count.sum()
+        smoothed = (self.ema_count + self.eps) / (n + self.num_codebook_vectors * self.eps) * n
+        self.embedding.weight.copy_(self.ema_sum / smoothed.unsqueeze(1))
+
+    def embed(self, indices: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """indices (B, h*w) in [0, K) -> z_q (B, d, h, w) unit vectors."""
+        return self.codes()[indices].view(indices.shape[0], h, w, -1).permute(0, 3, 1, 2)
+
+    @torch.no_grad()
+    def restart_dead_codes(self, counts: torch.Tensor, z_flat: torch.Tensor) -> int:
+        """Move codes with zero `counts` to random encoder outputs `z_flat` (M, d); their
+        EMA statistics restart there too. Returns how many codes moved."""
+        dead = (counts == 0).nonzero().flatten()
+        if len(dead) == 0 or len(z_flat) == 0:
+            return 0
+        pick = torch.randint(len(z_flat), (len(dead),), device=z_flat.device)
+        fresh = F.normalize(z_flat[pick].float(), dim=1)
+        self.embedding.weight[dead] = fresh
+        if self.ema_decay > 0:
+            self.ema_count[dead] = 1.0
+            self.ema_sum[dead] = fresh
+        return len(dead)

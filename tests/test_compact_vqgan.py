@@ -1,0 +1,163 @@
+"""CompactVQGAN and its factorised, l2-normalised codebook (EMA updates, restarts)."""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+import training_vqgan
+from data import write_synthetic_folder
+from data.sources import image_tensor
+from models.VQGAN import VQGAN, CompactVQGAN, FactorizedCodebook, build_vqgan
+from utils import UserError, load_config
+
+from conftest import REPO
+
+COMPACT = REPO / "configs" / "VQGAN_catface_compact.yml"
+
+
+def tiny_compact_cfg(**changes) -> dict:
+    cfg = load_config(COMPACT)
+    cfg.update({"num_codebook_vectors": 64, "channels": [16, 32], "enc_res_blocks": [0, 1],
+                "dec_res_blocks": [1, 1], **changes})
+    return cfg
+
+
+# ----------------------------------------------------------------------------- the quantiser
+
+def test_quantise_then_embed_returns_the_unit_code_vectors():
+    torch.manual_seed(0)
+    cb = FactorizedCodebook(32, 4)
+    z = torch.randn(2, 4, 3, 5)
+    z_q, idx, _ = cb(z)
+    assert z_q.shape == (2, 4, 3, 5) and idx.shape == (2, 15)
+    assert torch.allclose(cb.embed(idx, 3, 5), z_q, atol=1e-6)
+    assert torch.allclose(z_q.norm(dim=1), torch.ones(2, 3, 5), atol=1e-5)
+    # a code vector itself (at any length) quantises to its own index
+    codes = cb.embedding.weight.detach()
+    scaled = (codes * torch.rand(32, 1) * 5 + 0.1).t().reshape(1, 4, 4, 8)
+    assert torch.equal(cb(scaled)[1].flatten(), torch.arange(32))
+
+
+def test_indices_are_row_major_over_the_grid():
+    cb = FactorizedCodebook(4, 2)
+    cb.embedding.weight.data = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
+    z = torch.zeros(1, 2, 2, 3)
+    z[0, :, 0, 2] = torch.tensor([0.0, 3.0])   # row 0, col 2 -> code 1 at index 2
+    z[0, :, 1, 0] = torch.tensor([-2.0, 0.1])  # row 1, col 0 -> code 2 at index 3
+    z[0, :, 0, 0] = z[0, :, 0, 1] = z[0, :, 1, 1] = z[0, :, 1, 2] = torch.tensor([1.0, 0.0])
+    assert cb(z)[1].tolist() == [[0, 0, 1, 2, 0, 0]]
+
+
+def test_lookup_is_by_cosine_not_by_length():
+    cb = FactorizedCodebook(2, 2)
+    cb.embedding.weight.data = torch.tensor([[10.0, 0.0], [0.6, 0.8]])
+    # nearest in plain l2 would be code 1 (much shorter); by angle it is code 0
+    assert cb.lookup(torch.tensor([[0.9, 0.1]])).item() == 0
+    assert torch.allclose(cb.codes().norm(dim=1), torch.ones(2))
+
+
+def test_loss_is_commitment_plus_codebook_and_straight_through():
+    torch.manual_seed(0)
+    cb = FactorizedCodebook(8, 3, beta=0.25)
+    z = torch.randn(2, 3, 2, 2, requires_grad=True)
+    z_q, idx, loss = cb(z)
+    zn = F.normalize(z.permute(0, 2, 3, 1).reshape(-1, 3), dim=1)
+    expected = 1.25 * F.mse_loss(zn, cb.codes()[idx.flatten()])
+    assert torch.allclose(loss, expected)
+    z_q.sum().backward()
+    assert z.grad is not None and cb.embedding.weight.grad is None  # z_q's value path is detached
+
+
+def test_ema_moves_codes_to_the_mean_of_their_assignments():
+    cb = FactorizedCodebook(2, 2, ema_decay=0.5)
+    cb.embedding.weight.data = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    cb.ema_sum.copy_(cb.embedding.weight.data)
+    assert not cb.embedding.weight.requires_grad
+    # four vectors near code 0, none near code 1
+    z = torch.tensor([[0.8, 0.6], [0.8, -0.6], [1.0, 0.0], [0.9, 0.2]]).t().reshape(1, 2, 2, 2)
+    cb.train()
+    _, idx, loss = cb(z)
+    assert idx.flatten().tolist() == [0, 0, 0, 0]
+    zn = F.normalize(z.reshape(2, 4).t(), dim=1)
+    count = torch.tensor([0.5 * 1 + 0.5 * 4, 0.5 * 1 + 0.5 * 0])  # lerp of ones towards (4, 0)
+    total = 0.5 * torch.tensor([[1.0, 0.0], [0.0, 1.0]]) + 0.5 * torch.stack([zn.sum(0), torch.zeros(2)])
+    assert torch.allclose(cb.ema_count, count) and torch.allclose(cb.ema_sum, total)
+    n, eps = count.sum(), cb.eps
+    smoothed = (count + eps) / (n + 2 * eps) * n
+    assert torch.allclose(cb.embedding.weight, total / smoothed[:, None])
+    # commitment only (the codes take no gradient), to the code as updated by this batch
+    assert torch.allclose(loss, 0.25 * F.mse_loss(zn, cb.codes()[0].expand(4, 2)))
+    cb.eval()  # no update outside training
+    before = cb.embedding.weight.clone()
+    cb(z)
+    assert torch.equal(before, cb.embedding.weight)
+
+
+def test_restart_moves_only_dead_codes_onto_encoder_outputs():
+    torch.manual_seed(0)
+    cb = FactorizedCodebook(6, 3, ema_decay=0.9)
+    before = cb.embedding.weight.detach().clone()
+    counts = torch.tensor([3.0, 0.0, 1.0, 0.0, 0.0, 2.0])
+    z = torch.randn(10, 3)
+    assert cb.restart_dead_codes(counts, z) == 3
+    dead, alive = [1, 3, 4], [0, 2, 5]
+    assert torch.equal(cb.embedding.weight[alive], before[alive])
+    zn = F.normalize(z, dim=1)
+    for k in dead:  # each dead code is now one of the (normalised) encoder outputs
+        assert (zn - cb.embedding.weight[k]).abs().sum(1).min() < 1e-6
+        assert cb.ema_count[k] == 1.0 and torch.equal(cb.ema_sum[k], cb.embedding.weight[k])
+    assert cb.restart_dead_codes(torch.ones(6), z) == 0
+
+
+# ----------------------------------------------------------------------------- the architecture
+
+def test_shapes_and_the_vqgan_contract():
+    torch.manual_seed(0)
+    vq = build_vqgan(tiny_compact_cfg())
+    assert isinstance(vq, CompactVQGAN) and vq.latent_resolution == 16
+    x = torch.randn(3, 3, 64, 64)
+    z_q, idx, q_loss = vq.encode(x)
+    assert z_q.shape == (3, 8, 16, 16) and idx.shape == (3, 256) and q_loss.dim() == 0
+    assert idx.min() >= 0 and idx.max() < 64
+    rec, idx2, _ = vq(x)
+    assert rec.shape == x.shape and torch.equal(idx, idx2)
+    assert torch.allclose(vq.decode_indices(idx), rec, atol=1e-5)
+    assert vq.latents(x).shape == (3 * 256, 8)
+    # row-major: the token of grid cell (r, c) is the encoder output at (r, c)
+    z = vq.encoder(x)
+    assert torch.equal(vq.codebook.lookup(z[1, :, 5, 9][None]), idx[1, 5 * 16 + 9][None])
+
+
+def test_the_lab_vqgan_is_still_what_a_config_without_architecture_builds(vq_tiny_cfg):
+    assert type(build_vqgan(vq_tiny_cfg)) is VQGAN
+    with pytest.raises(UserError, match="unknown architecture 'vit'"):
+        build_vqgan({**vq_tiny_cfg, "architecture": "vit"})
+    with pytest.raises(UserError, match="impossible CompactVQGAN"):
+        build_vqgan(tiny_compact_cfg(channels=[16, 32, 64]))
+
+
+def test_blocks_start_as_identities_so_the_untrained_net_is_shallow():
+    vq = build_vqgan(tiny_compact_cfg())
+    x = torch.randn(2, 16, 32, 32)
+    block = vq.decoder.model[-4][0]  # the 32x32 stage's first res block
+    assert torch.equal(block(x), x)
+
+
+def test_a_tiny_run_of_the_recipe_lowers_its_loss(tmp_path):
+    data = write_synthetic_folder(tmp_path / "data", 64)
+    cfg = tmp_path / "compact.yml"
+    c = tiny_compact_cfg()
+    c["training"].update(max_steps=40, batch_size=8, warmup_steps=5, disc_start=30,
+                         restart_every=10, precision="fp32")
+    cfg.write_text(yaml.safe_dump(c))
+    training_vqgan.main(["--config", str(cfg), "--out", str(tmp_path / "run"), "--data", str(data),
+                         "--device", "cpu"])
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    torch.manual_seed(0)
+    untrained = training_vqgan.evaluate(build_vqgan(c), image_tensor(str(data), 64)[:256],
+                                        [0.5] * 3, [0.5] * 3, "cpu")["val_l1"]
+    assert lines[-1]["step"] == 40
+    assert lines[-1]["val_l1"] < 0.7 * untrained
+    assert lines[-1]["val_usage"] > 0.5
