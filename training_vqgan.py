@@ -1,13 +1,15 @@
 """Stage 1: train a VQGAN tokenizer.
 
     python training_vqgan.py --config configs/VQGAN_tiny.yml                 # generated data
-    python training_vqgan.py --config configs/VQGAN_catface.yml \\
+    python training_vqgan.py --config configs/VQGAN_catface_compact.yml \\
         --data ../shared/datasets/cat_face/train --val-data ../shared/datasets/cat_face/val
     torchrun --nproc_per_node=2 training_vqgan.py ...                        # data parallel
 
-Loss: L1 (+ optional L2) reconstruction, codebook + commitment, and after
-`disc_start` steps an adaptively weighted hinge PatchGAN loss. Dead codebook
-entries are re-initialised from encoder outputs every `restart_every` steps.
+The config's `architecture` picks the lab's VQGAN (the default) or CompactVQGAN. The run
+lasts `training.max_steps` optimizer steps (0: `epochs` epochs), with a linear warm-up and
+a cosine decay of the learning rate over them. Loss: L1 (+ optional L2) reconstruction,
+codebook + commitment, and from step `disc_start` an adaptively weighted hinge PatchGAN
+loss. Dead codebook entries are re-initialised from encoder outputs every `restart_every` steps.
 Writes <out>/last.pt and <out>/best.pt (best val PSNR) atomically; --resume continues.
 Ctrl-C or SIGTERM finishes the current step, saves last.pt and exits with 130 / 143.
 """

@@ -23,6 +23,7 @@ import torch.nn as nn
 
 from utils import UserError, require_keys
 from .factorized_codebook import FactorizedCodebook
+from .tokenizer import Tokenizer
 
 ARCH_KEYS = ["image_channels", "img_resolution", "latent_resolution", "num_codebook_vectors",
              "code_dim", "channels", "enc_res_blocks", "dec_res_blocks", "beta", "ema_decay",
@@ -92,7 +93,7 @@ class CompactDecoder(nn.Module):
         return self.model(z)
 
 
-class CompactVQGAN(nn.Module):
+class CompactVQGAN(Tokenizer):
     """encoder -> FactorizedCodebook -> decoder, with VQGAN's `encode` / `decode` /
     `decode_indices` / `forward` contract; images normalised, indices row-major in [0, K)."""
 
@@ -138,12 +139,3 @@ class CompactVQGAN(nn.Module):
     def decode(self, z_q: torch.Tensor) -> torch.Tensor:
         """z_q (B, d, r, r) -> image (B, 3, R, R) in the normalised space."""
         return self.decoder(z_q)
-
-    def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
-        """indices (B, r*r) in [0, K) -> image (B, 3, R, R)."""
-        r = self.latent_resolution
-        return self.decode(self.codebook.embed(indices, r, r))
-
-    def forward(self, x: torch.Tensor):
-        z_q, indices, q_loss = self.encode(x)
-        return self.decode(z_q), indices, q_loss

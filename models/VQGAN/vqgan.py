@@ -10,6 +10,7 @@ from utils import UserError, require_keys
 from .codebook import Codebook
 from .decoder import Decoder
 from .encoder import Encoder
+from .tokenizer import Tokenizer
 
 ARCH_KEYS = ["image_channels", "enc_channels", "dec_channels", "latent_dim", "img_resolution",
              "latent_resolution", "num_codebook_vectors", "beta"]
@@ -18,7 +19,7 @@ ARCH_DEFAULTS = {"enc_num_res_blocks": 2, "dec_num_res_blocks": 3, "attn_resolut
                  "norm_groups": 32}
 
 
-class VQGAN(nn.Module):
+class VQGAN(Tokenizer):
     def __init__(self, image_channels: int, enc_channels: list[int], dec_channels: list[int],
                  latent_dim: int, img_resolution: int, latent_resolution: int,
                  num_codebook_vectors: int, beta: float, enc_num_res_blocks: int = 2,
@@ -62,12 +63,3 @@ class VQGAN(nn.Module):
     def decode(self, z_q: torch.Tensor) -> torch.Tensor:
         """z_q (B, D, r, r) -> image (B, 3, R, R) in the normalised space."""
         return self.decoder(self.post_quant_conv(z_q))
-
-    def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
-        """indices (B, r*r) in [0, K) -> image (B, 3, R, R)."""
-        r = self.latent_resolution
-        return self.decode(self.codebook.embed(indices, r, r))
-
-    def forward(self, x: torch.Tensor):
-        z_q, indices, q_loss = self.encode(x)
-        return self.decode(z_q), indices, q_loss
