@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import bench_inpaint, bench_precision, bench_token_cache, bench_train  # noqa: E402
 from benchmarks.common import Row, add_common_args, machine, table  # noqa: E402
-from utils import resolve_device  # noqa: E402
+from runtime.precision import resolve_device  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 ROOT_RUNS = Path(__file__).resolve().parents[1] / "runs"
@@ -36,14 +36,14 @@ def fid_rows(quick: bool) -> list[Row]:
         return [Row("FID end-to-end", float("nan"), note=f"bench_fid unavailable ({e})")]
     args = argparse.Namespace(
         pred=None, n=100 if quick else 747, val=str(bench_fid.CAT_FACE / "val"),
-        train=str(bench_fid.CAT_FACE / "train"), gt_stats="/tmp/fid_bench/cat_face_val_stats.npz",
+        train=str(bench_fid.CAT_FACE / "train"), gt_stats=None, mode=bench_fid.DEFAULT_MODE,
         cache_dir="/tmp/fid_bench", batch_size=50, baseline_images=50 if quick else 200,
         skip_scipy=True, report=False, train_limit=None)
     f = bench_fid.run(args)
     return [Row(f"FID end-to-end, {f['e2e_images']} images vs cached GT stats", f["e2e_wall_s"],
                 unit="s", higher=False,
                 note=f"{f['e2e_images_per_s']:.1f} images/s through Inception; "
-                     f"FID {f['e2e_fid_vs_gt']:.2f} (first N val images)")]
+                     f"FID ({f['mode']}) {f['e2e_fid_vs_gt']:.2f} (first N val images)")]
 
 
 def write_results(rows: list[Row], info: dict, config: str, argv: list[str], path: Path) -> None:

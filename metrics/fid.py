@@ -3,9 +3,15 @@
 Layers, each callable on its own:
     load_images(path)             -> uint8 (N, 3, H, W)
     statistics_of_images(images)  -> (mu, sigma) of Inception pool3 features
+    read_statistics(npz, mode)    -> (mu, sigma) of a cached .npz made in that mode
     statistics_of_path(path)      -> (mu, sigma); an .npz is read, not recomputed
+    write_statistics(out, mu, sigma, mode) -> the .npz, atomically, with its mode
     save_statistics(path, out)    -> caches (mu, sigma) so a ground truth is read once
     calculate_fid_given_paths(p1, p2) -> float
+
+Every function that computes or reads statistics takes `mode` (metrics.inception.MODES,
+default legacy_pytorch, the lab grader's). An .npz records the mode it was made in, and
+reading it in another mode, or reading one that records no mode, is a UserError.
 """
 from __future__ import annotations
 
@@ -21,8 +27,9 @@ from PIL import Image
 
 from data.images import list_images, open_image, to_rgb
 from metrics.frechet import compute_statistics, frechet_distance
-from metrics.inception import FEATURE_DIM, inception_features, load_inception
-from utils import UserError, ensure_writable_dir, resolve_device
+from metrics.inception import DEFAULT_MODE, FEATURE_DIM, check_mode, inception_features, load_inception
+from runtime.precision import resolve_device
+from utils import UserError, ensure_writable_dir
 
 CSV_IMAGE_SHAPE = (64, 64, 3)  # lab CSV: one image per row, HWC, values 0..255
 
@@ -100,58 +107,88 @@ def load_images(path: str | Path, num_workers: int = 0) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- statistics
 
-def statistics_of_images(images: torch.Tensor, device=None, batch_size: int = 50):
-    """(mu (2048,), sigma (2048, 2048)) float64 of the Inception features of uint8 images."""
+def statistics_of_images(images: torch.Tensor, device=None, batch_size: int = 50,
+                         mode: str = DEFAULT_MODE):
+    """(mu (2048,), sigma (2048, 2048)) float64 of the Inception features of uint8 images,
+    preprocessed as `mode`."""
     model = load_inception(resolve_device(None if device is None else str(device)))
-    return compute_statistics(inception_features(images, model, batch_size))
+    return compute_statistics(inception_features(images, model, batch_size, mode))
 
 
-def _read_npz(path: Path):
+def read_statistics(path: str | Path, mode: str = DEFAULT_MODE):
+    """(mu, sigma) float64 of a cached .npz, which must have been made in `mode`."""
+    path, mode = Path(path), check_mode(mode)
+    if not path.is_file():
+        raise UserError(f"statistics file {path} does not exist; create it with --save-stats --mode {mode}")
     try:
         with np.load(path) as data:
-            return data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
+            stored = str(data["mode"]) if "mode" in data.files else None
+            mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
     except KeyError:
-        raise UserError(f"{path} lacks 'mu' or 'sigma'; create it with --save-stats") from None
+        raise UserError(f"{path} lacks 'mu' or 'sigma'; create it with --save-stats --mode {mode}") from None
     except (OSError, ValueError) as e:
-        raise UserError(f"{path} is not a readable .npz ({e}); create it with --save-stats") from None
+        raise UserError(f"{path} is not a readable .npz ({e}); "
+                        f"create it with --save-stats --mode {mode}") from None
+    if stored is None:  # older files of this suite were legacy_tensorflow, pytorch-fid's legacy_pytorch
+        raise UserError(f"{path} does not record its FID mode (made before --mode existed, or by "
+                        f"another tool); recompute it with --save-stats --mode {mode}")
+    if stored != mode:
+        raise UserError(f"{path} holds {stored} statistics, not {mode}: FIDs of different modes "
+                        f"do not compare; pass --mode {stored}, or recompute it with "
+                        f"--save-stats --mode {mode}")
+    return mu, sigma
 
 
-def statistics_of_path(path: str | Path, device=None, batch_size: int = 50, num_workers: int = 0):
-    """(mu, sigma) of a folder, a lab .csv, or read from a cached .npz."""
+def statistics_of_path(path: str | Path, device=None, batch_size: int = 50, num_workers: int = 0,
+                       mode: str = DEFAULT_MODE):
+    """(mu, sigma) of a folder or a lab .csv in `mode`, or read from a cached .npz of that mode."""
     path = Path(path)
     if path.suffix.lower() == ".npz":
-        if not path.is_file():
-            raise UserError(f"statistics file {path} does not exist; create it with --save-stats")
-        return _read_npz(path)
-    return statistics_of_images(load_images(path, num_workers), device, batch_size)
+        return read_statistics(path, mode)
+    return statistics_of_images(load_images(path, num_workers), device, batch_size, check_mode(mode))
 
 
-def save_statistics(path: str | Path, out_npz: str | Path, device=None,
-                    batch_size: int = 50, num_workers: int = 0):
-    """Compute (mu, sigma) of `path` and write them to `out_npz` (atomically). Returns them."""
+def write_statistics(out_npz: str | Path, mu: np.ndarray, sigma: np.ndarray, mode: str) -> None:
+    """Write mu, sigma and the `mode` they were computed in to `out_npz` (atomically)."""
     out_npz = Path(out_npz)
-    if out_npz.suffix != ".npz":
-        raise UserError(f"statistics file {out_npz} must end in .npz")
-    ensure_writable_dir(out_npz.parent)  # before the slow part
-    mu, sigma = statistics_of_path(path, device, batch_size, num_workers)
     fd, tmp = tempfile.mkstemp(dir=out_npz.parent, prefix=f".{out_npz.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, mu=mu, sigma=sigma)
+            np.savez(f, mu=mu, sigma=sigma, mode=np.array(check_mode(mode)))
         os.replace(tmp, out_npz)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_statistics(path: str | Path, out_npz: str | Path, device=None,
+                    batch_size: int = 50, num_workers: int = 0, mode: str = DEFAULT_MODE):
+    """Compute (mu, sigma) of `path` in `mode` and write them, with the mode, to `out_npz`
+    (atomically). Returns them."""
+    out_npz = Path(out_npz)
+    if out_npz.suffix != ".npz":
+        raise UserError(f"statistics file {out_npz} must end in .npz")
+    ensure_writable_dir(out_npz.parent)  # before the slow part
+    mu, sigma = statistics_of_path(path, device, batch_size, num_workers, mode)
+    write_statistics(out_npz, mu, sigma, mode)
     return mu, sigma
 
 
 def calculate_fid_given_paths(path1: str | Path, path2: str | Path, device=None,
                               batch_size: int = 50, num_workers: int = 0,
-                              dims: int = FEATURE_DIM) -> float:
-    """FID between two image sets; each path is a folder, a lab .csv or a cached .npz."""
+                              dims: int = FEATURE_DIM, mode: str = DEFAULT_MODE) -> float:
+    """FID between two image sets in `mode` (metrics.inception.MODES); each path is a
+    folder, a lab .csv or a cached .npz, which must have been made in `mode`."""
     if dims != FEATURE_DIM:
         raise UserError(f"dims={dims} is not supported; only the {FEATURE_DIM}-d pool3 "
                         f"features of the standard FID Inception are")
-    mu1, sigma1 = statistics_of_path(path1, device, batch_size, num_workers)
-    mu2, sigma2 = statistics_of_path(path2, device, batch_size, num_workers)
-    return frechet_distance(mu1, sigma1, mu2, sigma2)
+    check_mode(mode)
+    paths = [Path(path1), Path(path2)]
+    stats = [None, None]
+    # the cheap failures first (missing paths in order, then an .npz of another mode), so
+    # that they come before minutes of Inception
+    def cost(i: int) -> int:
+        return 0 if not paths[i].exists() else 1 if paths[i].suffix.lower() == ".npz" else 2
+    for i in sorted(range(2), key=cost):
+        stats[i] = statistics_of_path(paths[i], device, batch_size, num_workers, mode)
+    return frechet_distance(*stats[0], *stats[1])

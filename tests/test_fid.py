@@ -1,4 +1,5 @@
-"""FID: Fréchet maths against scipy, the Inception preprocessing, loading errors, the CLI.
+"""FID: Fréchet maths against scipy, the Inception preprocessing of each mode, statistics
+files and their modes, loading errors, the CLI.
 
 Inception runs are kept to a handful of small images (~0.1-0.3 s per image on CPU).
 """
@@ -10,17 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from metrics.fid import (calculate_fid_given_paths, load_images,  # noqa: E402
-                         save_statistics, statistics_of_path)
+from metrics.fid import (calculate_fid_given_paths, load_images, read_statistics,  # noqa: E402
+                         save_statistics, statistics_of_path, write_statistics)
 from metrics.frechet import (compute_statistics, frechet_distance, frechet_distance_sqrtm,  # noqa: E402
                              psd_factor, trace_sqrt_product)
-from metrics.inception import (inception_features, load_inception, preprocess,  # noqa: E402
-                               tf_bilinear_weights)
+from metrics.inception import (DEFAULT_MODE, MODES, inception_features, load_inception,  # noqa: E402
+                               pil_bicubic, preprocess, tf_bilinear_weights)
 from utils import UserError  # noqa: E402
 
 CLI = REPO / "faster-pytorch-fid" / "fid_score_gpu.py"
@@ -121,13 +123,92 @@ def test_statistics_need_two_samples():
 
 # ----------------------------------------------------------------------------- extractor
 
-def test_preprocess_range_and_constant_images():
+def uint8_images(seed: int, n: int = 2, h: int = 64, w: int = 64) -> torch.Tensor:
+    return torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (n, 3, h, w), dtype=np.uint8))
+
+
+def test_default_mode_is_the_lab_graders():
+    assert DEFAULT_MODE == "legacy_pytorch" and set(MODES) == {"legacy_pytorch", "legacy_tensorflow", "clean"}
+
+
+@pytest.mark.parametrize("mode,white", [("legacy_pytorch", 1.0), ("legacy_tensorflow", 0.9921875),
+                                        ("clean", 0.9921875)])
+def test_preprocess_range_and_constant_images(mode, white):
+    """legacy_pytorch scales 2x - 1 of [0, 1], (x - 127.5) / 127.5; the others (x - 128) / 128."""
     x = torch.tensor([0, 255], dtype=torch.uint8).view(2, 1, 1, 1).expand(2, 3, 64, 64)
-    out = preprocess(x)
-    assert out.shape == (2, 3, 299, 299)
-    assert torch.all(out[0] == -1) and torch.allclose(out[1], torch.tensor(0.9921875), atol=1e-6)
-    grey = preprocess(torch.full((1, 3, 64, 64), 77, dtype=torch.uint8))
-    assert torch.allclose(grey, torch.tensor((77 - 128) / 128), atol=1e-6)
+    out = preprocess(x, mode)
+    assert out.shape == (2, 3, 299, 299) and out.dtype == torch.float32
+    assert out.is_contiguous(memory_format=torch.channels_last)  # the network's fast layout, no copy
+    assert torch.all(out[0] == -1) and torch.allclose(out[1], torch.tensor(white), atol=1e-6)
+    centre = 127.5 if mode == "legacy_pytorch" else 128
+    grey = preprocess(torch.full((1, 3, 64, 64), 77, dtype=torch.uint8), mode)
+    assert torch.allclose(grey, torch.tensor((77 - centre) / centre), atol=1e-6)
+
+
+def test_legacy_pytorch_is_pytorch_fids_input_exactly():
+    """pytorch-fid (the lab's grader): ToTensor's x / 255, F.interpolate(bilinear,
+    align_corners=False), then 2x - 1; bit for bit, at any input size, 299 included."""
+    for h, w in ((64, 64), (37, 90), (299, 299), (512, 400)):
+        images = uint8_images(h + w, 2, h, w)
+        x = images.float().div(255)  # torchvision's ToTensor
+        expected = 2 * F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False) - 1
+        assert torch.equal(preprocess(images, "legacy_pytorch"), expected)
+    assert torch.equal(preprocess(images), preprocess(images, "legacy_pytorch"))  # the default
+
+
+def test_legacy_pytorch_uses_half_pixel_centres():
+    """Output i samples input (i + 0.5) * n_in / n_out - 0.5 (clamped at 0), unlike TF1's
+    i * n_in / n_out: on a horizontal ramp the two differ by the shift."""
+    n_in, n_out = 5, 12
+    ramp = torch.tensor([0, 60, 120, 180, 240], dtype=torch.uint8).view(1, 1, 1, n_in).expand(1, 3, n_in, n_in)
+    src = ((torch.arange(n_out) + 0.5) * n_in / n_out - 0.5).clamp(0, n_in - 1)
+    row = (F.interpolate(ramp.float(), size=(n_out, n_out), mode="bilinear", align_corners=False)[0, 0, 0])
+    assert torch.allclose(row, 60 * src, atol=1e-4)  # the definition, checked on torch itself
+    ours = preprocess(ramp.contiguous(), "legacy_pytorch")[0, 0, 0]  # at 299 wide
+    src299 = ((torch.arange(299) + 0.5) * n_in / 299 - 0.5).clamp(0, n_in - 1)
+    assert torch.allclose(ours, (60 * src299) / 127.5 - 1, atol=1e-5)
+    tf = preprocess(ramp.contiguous(), "legacy_tensorflow")[0, 0, 0]
+    assert (tf * 128 + 128 - 60 * src299).abs().max() > 10  # TF1's grid is shifted
+
+
+def test_legacy_tensorflow_is_the_tf1_weights():
+    """legacy_tensorflow is this suite's former preprocessing: the TF1 weight matrices on
+    both axes, then (x - 128) / 128; a 299 x 299 input is not resampled."""
+    images = uint8_images(3, 2, 40, 64)
+    x = images.float()
+    expected = (tf_bilinear_weights(40, 299) @ x @ tf_bilinear_weights(64, 299).T - 128) / 128
+    assert torch.equal(preprocess(images, "legacy_tensorflow"), expected)
+    full = uint8_images(4, 1, 299, 299)
+    assert torch.equal(preprocess(full, "legacy_tensorflow"), (full.float() - 128) / 128)
+
+
+def test_clean_is_pil_bicubic_per_channel_in_float():
+    """clean-fid's clean mode: each channel a float32 PIL image, bicubic to 299 x 299,
+    clipped to [0, 255], then (x - 128) / 128."""
+    images = uint8_images(5, 2, 48, 64)
+    resized = pil_bicubic(images)
+    channel = Image.fromarray(images[1, 2].numpy().astype(np.float32))  # mode "F"
+    expected = np.asarray(channel.resize((299, 299), Image.Resampling.BICUBIC)).clip(0, 255)
+    assert np.array_equal(resized[1, 2].numpy(), expected)
+    assert resized.min() >= 0 and resized.max() <= 255  # bicubic overshoot is clipped
+    assert torch.equal(preprocess(images, "clean"), (resized - 128) / 128)
+
+
+def test_clean_antialiases_when_shrinking():
+    """1-pixel stripes of 0 and 255 shrunk 2x average to grey with an antialiased filter;
+    plain bilinear sampling (legacy_pytorch, at the centres of pixel pairs) is also grey, so
+    take 2.5x, where point sampling hits the stripes and keeps most of their contrast."""
+    stripes = torch.zeros(1, 3, 748, 748, dtype=torch.uint8)
+    stripes[..., 1::2] = 255
+    clean = pil_bicubic(stripes)[0, 0, 150, 10:-10]
+    sampled = (preprocess(stripes, "legacy_pytorch")[0, 0, 150, 10:-10] + 1) * 127.5
+    assert (clean - 127.5).abs().max() < 8
+    assert (sampled - 127.5).abs().max() > 60
+
+
+def test_unknown_mode_is_a_user_error():
+    with pytest.raises(UserError, match="unknown FID mode 'pytorch'.*legacy_pytorch"):
+        preprocess(uint8_images(0), "pytorch")
 
 
 def test_tf_bilinear_matches_definition():
@@ -160,10 +241,69 @@ def test_fid_of_folder_with_itself_is_zero_and_different_sets_positive(tmp_path)
     a = write_pngs(tmp_path / "a", random_images(0, 3))
     b = write_pngs(tmp_path / "b", random_images(1, 3, smooth=True))
     mu, sigma = save_statistics(a, tmp_path / "a.npz", device="cpu")
+    with np.load(tmp_path / "a.npz") as data:
+        assert str(data["mode"]) == DEFAULT_MODE
     cached = statistics_of_path(tmp_path / "a.npz")
     assert np.array_equal(mu, cached[0]) and np.array_equal(sigma, cached[1])
     assert calculate_fid_given_paths(a, tmp_path / "a.npz", device="cpu") == pytest.approx(0.0, abs=1e-3)
     assert calculate_fid_given_paths(b, tmp_path / "a.npz", device="cpu", batch_size=2) > 1.0
+
+
+# ----------------------------------------------------------------------------- statistics files and modes
+
+def fake_stats(tmp_path: Path, name: str, mode: str | None, seed: int = 0) -> Path:
+    """An .npz of small made-up statistics (no Inception run), in `mode` (None: no mode key,
+    as files written before modes existed, or by pytorch-fid)."""
+    mu, sigma = compute_statistics(np.random.default_rng(seed).standard_normal((20, 2048)))
+    path = tmp_path / name
+    if mode is None:
+        np.savez(path, mu=mu, sigma=sigma)
+    else:
+        write_statistics(path, mu, sigma, mode)
+    return path
+
+
+def test_statistics_round_trip_with_their_mode(tmp_path):
+    path = fake_stats(tmp_path, "clean.npz", "clean")
+    mu, sigma = read_statistics(path, "clean")
+    with np.load(path) as data:
+        assert str(data["mode"]) == "clean"
+        assert np.array_equal(mu, data["mu"]) and np.array_equal(sigma, data["sigma"])
+    assert calculate_fid_given_paths(path, path, mode="clean") == pytest.approx(0.0, abs=1e-6)
+
+
+def test_mixed_modes_are_refused_in_one_line(tmp_path):
+    tf = fake_stats(tmp_path, "tf.npz", "legacy_tensorflow")
+    pt = fake_stats(tmp_path, "pt.npz", "legacy_pytorch", seed=1)
+    for mode, wrong, stored in (("legacy_pytorch", tf, "legacy_tensorflow"),
+                                ("legacy_tensorflow", pt, "legacy_pytorch")):
+        with pytest.raises(UserError) as error:
+            calculate_fid_given_paths(tf, pt, mode=mode)
+        message = str(error.value)
+        assert "\n" not in message and str(wrong) in message
+        assert f"holds {stored} statistics, not {mode}" in message
+        assert f"--save-stats --mode {mode}" in message
+    with pytest.raises(UserError, match="holds legacy_tensorflow statistics"):
+        statistics_of_path(tf)  # the default mode
+
+
+def test_stats_without_a_mode_must_be_recomputed(tmp_path):
+    old = fake_stats(tmp_path, "old.npz", None)
+    for mode in MODES:  # its mode is unknown (ours were legacy_tensorflow, pytorch-fid's legacy_pytorch)
+        with pytest.raises(UserError, match=re.escape(f"{old} does not record its FID mode")
+                           + f".*recompute it with --save-stats --mode {mode}$"):
+            read_statistics(old, mode)
+
+
+def test_wrong_mode_fails_before_the_inception_run(tmp_path, monkeypatch):
+    """A folder against an .npz of another mode: the .npz is read first, so the error
+    comes before minutes of feature extraction."""
+    import metrics.fid
+    monkeypatch.setattr(metrics.fid, "statistics_of_images", lambda *a, **k: pytest.fail("ran Inception"))
+    folder = write_pngs(tmp_path / "pred", random_images(0, 2))
+    tf = fake_stats(tmp_path, "tf.npz", "legacy_tensorflow")
+    with pytest.raises(UserError, match="holds legacy_tensorflow statistics"):
+        calculate_fid_given_paths(folder, tf)
 
 
 # ----------------------------------------------------------------------------- loading and errors
@@ -221,7 +361,22 @@ def test_cli_save_stats_then_fid_from_another_cwd(tmp_path):
     assert (tmp_path / "gt.npz").is_file()
     scored = run_cli("--predicted-path", pred, "--gt-path", "gt.npz", "--device", "cpu", cwd=tmp_path)
     assert scored.returncode == 0, scored.stderr
-    assert float(scored.stdout.split("FID:")[1]) > 0
+    assert float(scored.stdout.split("FID (legacy_pytorch):")[1]) > 0
+
+
+def test_cli_names_the_mode_and_refuses_a_mixed_comparison(tmp_path):
+    """Two .npz, so no Inception run: --mode picks the convention, the output names it, and
+    statistics of another mode are a one-line error naming the file and the fix."""
+    a = fake_stats(tmp_path, "a.npz", "legacy_tensorflow")
+    b = fake_stats(tmp_path, "b.npz", "legacy_tensorflow", seed=1)
+    scored = run_cli("--predicted-path", a, "--gt-path", b, "--mode", "legacy_tensorflow", cwd=tmp_path)
+    assert scored.returncode == 0, scored.stderr
+    line, = scored.stdout.splitlines()
+    assert line.startswith("FID (legacy_tensorflow): ") and float(line.split(": ")[1]) > 0
+    refused = run_cli("--predicted-path", a, "--gt-path", b, cwd=tmp_path)  # default legacy_pytorch
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().count("\n") == 0
+    assert "a.npz" in refused.stderr and "--mode legacy_pytorch" in refused.stderr
 
 
 def test_cli_bad_path_is_one_line_error(tmp_path):
