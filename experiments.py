@@ -11,7 +11,8 @@ Writes <out>/results.csv, results.md, fid_vs_iter.png and decoding_<schedule>.pn
 step-by-step decoding of image 0). Decoding is seeded per image, so a rerun with the
 same seed reproduces the table exactly. A sweet spot >= total iterations stops nowhere,
 so it is skipped as a duplicate of -1. `--temperatures` / `--choice-temperatures` add
-those axes (default: the checkpoint config's values, not swept).
+those axes (default: the checkpoint config's values, not swept). `--conditional-vqgan CKPT`
+decodes every setting through that mask-conditioned VQGAN (training_conditional.py).
 """
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ import numpy as np
 from PIL import Image
 
 from data import MaskedImageDataset, normalization
-from inpainting import add_composite_arg, check_schedule_args, inpaint_dataset, load_maskgit
+from inpainting import (add_composite_arg, add_conditional_arg, check_schedule_args, inpaint_dataset,
+                        load_maskgit)
 from metrics.fid import calculate_fid_given_paths, save_statistics
 from models.schedules import gamma_func
 from runtime.precision import CHOICES as PRECISIONS, resolve_device, resolve_precision
@@ -57,6 +59,7 @@ def parse_args(argv=None):
     p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="auto: bf16 where the hardware runs it natively, else fp32")
     add_composite_arg(p, "score with the known pixels put back")
+    add_conditional_arg(p)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if present)")
     return p.parse_args(argv)
 
@@ -147,15 +150,17 @@ def write_tables(rows: list[dict], out: Path) -> None:
 
 
 def run_sweep(model, dataset, gt_stats: Path, out: Path, settings: list[Setting], seed: int = 0,
-              batch_size: int = 32, precision: str = "fp32", composite: str | None = None) -> list[dict]:
-    """Inpaint and score every setting; returns one row per setting (FIELDS)."""
+              batch_size: int = 32, precision: str = "fp32", composite: str | None = None,
+              conditional: bool = False) -> list[dict]:
+    """Inpaint and score every setting; returns one row per setting (FIELDS). `conditional`
+    decodes through the model's attached conditional VQGAN."""
     device = next(model.transformer.parameters()).device
     rows = []
     for st in settings:
         results = inpaint_dataset(model, dataset, out / st.name, st.total_iter, st.mask_func,
                                   st.sweet_spot, batch_size, seed, precision, save_steps=1,
                                   composite=composite, temperature=st.temperature,
-                                  choice_temperature=st.choice_temperature)
+                                  choice_temperature=st.choice_temperature, conditional=conditional)
         fid = calculate_fid_given_paths(results, gt_stats, device)
         temperature, choice = model.decoding(st.temperature, st.choice_temperature)
         rows.append({**st._asdict(), "temperature": temperature, "choice_temperature": choice, "fid": fid})
@@ -176,7 +181,8 @@ def main(argv=None) -> list[dict]:
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
     out = ensure_writable_dir(args.out)
-    model = load_maskgit(args.load_transformer_ckpt_path, args.MaskGitConfig, device, precision)
+    model = load_maskgit(args.load_transformer_ckpt_path, args.MaskGitConfig, device, precision,
+                         args.conditional_vqgan)
     mean, std = normalization(model.vq_config, "test")
     dataset = MaskedImageDataset(masked / "masked_image", masked / "mask64",
                                  model.vq_config["img_resolution"], mean, std)
@@ -186,7 +192,7 @@ def main(argv=None) -> list[dict]:
         save_statistics(gt, gt_stats, device)
 
     rows = run_sweep(model, dataset, gt_stats, out, settings, args.seed, args.batch_size,
-                     precision, args.composite)
+                     precision, args.composite, bool(args.conditional_vqgan))
     write_tables(rows, out)
     plot_fid(rows, out / "fid_vs_iter.png")
     for mask_func in dict.fromkeys(args.mask_funcs):

@@ -13,6 +13,10 @@ Stages (each can be skipped by pointing it at existing files):
   5. FID of the inpainted images against the ground truth, and of the VQGAN's
      reconstructions of the ground truth (the floor that stage 2 cannot beat)
   6. <out>/report.html and <out>/results.md
+With --conditional-vqgan CKPT (training_conditional.py) stage 4 decodes through that
+mask-conditioned VQGAN (nothing pasted), and stages 5-6 add the plain decode of the same
+tokens, it Poisson-blended, and the conditional VQGAN's own reconstruction floor; the page
+then shows masked input | plain decode | conditional decode | Poisson composite | ground truth.
 """
 from __future__ import annotations
 
@@ -30,9 +34,10 @@ import training_vqgan
 from data import (MaskedImageDataset, denormalize, list_images, make_masked_set,
                   make_synthetic_images, normalization, normalize, to_uint8)
 from data.images import open_image, to_rgb
-from inpainting import add_composite_arg, load_maskgit, inpaint_dataset
+from inpainting import add_composite_arg, add_conditional_arg, load_maskgit, inpaint_dataset
 from metrics.fid import calculate_fid_given_paths, load_images, save_statistics
 from models.compositing import composite
+from models.VQGAN import read_conditional_checkpoint
 from models.schedules import gamma_func
 from report import write_report
 from runtime.precision import CHOICES as PRECISIONS, resolve_device, resolve_precision
@@ -79,6 +84,7 @@ def parse_args(argv=None):
     p.add_argument("--examples", type=int, default=8, help="examples shown on the results page")
     p.add_argument("--seed", type=int, default=0, help="masks and decoding")
     add_composite_arg(p, "also score inpainting and floor with the known pixels put back")
+    add_conditional_arg(p)
     return p.parse_args(argv)
 
 
@@ -92,15 +98,17 @@ def best_checkpoint(folder: Path) -> Path:
 
 @torch.no_grad()
 def write_reconstructions(vqgan, images: torch.Tensor, out_dir, mean, std,
-                          batch_size: int = 64) -> Path:
+                          batch_size: int = 64, known: torch.Tensor | None = None) -> Path:
     """uint8 images (N, 3, R, R) -> out_dir/image_{i:03d}.png, each decoded from its own
-    VQGAN tokens. Their FID against the originals is the floor for inpainting: the
-    transformer only chooses tokens, the VQGAN draws them."""
+    VQGAN tokens (through a conditional VQGAN given the known pixels of `known` (N, 1, R, R)).
+    Their FID against the originals is the floor for inpainting: the transformer only
+    chooses tokens, the VQGAN draws them."""
     out_dir = ensure_writable_dir(out_dir)
     device = next(vqgan.parameters()).device
     for start in range(0, len(images), batch_size):
         x = normalize(images[start:start + batch_size].to(device).float() / 255, mean, std)
-        rec = to_uint8(denormalize(vqgan(x)[0], mean, std))  # (B, R, R, 3)
+        k = None if known is None else known[start:start + batch_size].to(device)
+        rec = to_uint8(denormalize(vqgan(x, k)[0], mean, std))  # (B, R, R, 3)
         for i, im in enumerate(rec, start):
             Image.fromarray(im).save(out_dir / f"image_{i:03d}.png")
     return out_dir
@@ -208,6 +216,29 @@ def fids(model, gt: Path | None, results: Path, composited: Path | None, masked:
             for name, f in zip(names, folders)}
 
 
+def conditional_fids(model, gt: Path | None, plain: Path, masked: Path, known: torch.Tensor,
+                     out: Path, device) -> tuple[dict[str, float | None], Path]:
+    """With a conditional decoder: FID of the plain decode of the same tokens (`plain`), of
+    it Poisson-blended (the best output without the conditional decoder), and of the
+    conditional VQGAN's reconstructions of the ground truth under the test masks `known`
+    (its floor). Returns (those, the Poisson-blended folder). Call after `fids`, which
+    writes the ground truth's statistics."""
+    blended = composite_folder(plain, masked, out / f"{plain.name}_poisson", "poisson")
+    names = ["FID plain decode", f"FID plain decode, {composite_label('poisson')}",
+             "FID conditional VQGAN reconstruction (floor)"]
+    if gt is None:
+        return dict.fromkeys(names), blended
+    stats, floor = gt, None
+    if gt.suffix != ".npz":
+        stats, images = out / "gt_stats.npz", load_images(gt)
+        if len(images) == len(known):  # the masked set's own ground truth, image for image
+            mean, std = normalization(model.vq_config, "test")
+            floor = write_reconstructions(model.conditional_vqgan, images,
+                                          out / "reconstructions_conditional", mean, std, known=known)
+    return {name: calculate_fid_given_paths(f, stats, device) if f else None
+            for name, f in zip(names, (plain, blended, floor))}, blended
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.mask_func:
@@ -216,6 +247,8 @@ def main(argv=None) -> dict:
         check_positive({"--temperature": args.temperature}, strict=False)
     if args.data and not all((Path(args.data) / s).is_dir() for s in ("train", "val")):
         raise UserError(f"--data {args.data} must hold train/ and val/ image folders")
+    if args.conditional_vqgan:
+        read_conditional_checkpoint(args.conditional_vqgan)  # not a conditional one: fail before training
     out = ensure_writable_dir(args.out)
     device = resolve_device(args.device)
     timings: dict[str, float] = {}
@@ -223,7 +256,7 @@ def main(argv=None) -> dict:
 
     tr_ckpt, config = train_stages(args, out, timings)
     precision = resolve_precision(args.precision, device, "inpainting precision")
-    model = load_maskgit(tr_ckpt, config, device, precision)
+    model = load_maskgit(tr_ckpt, config, device, precision, args.conditional_vqgan)
     res = model.vq_config["img_resolution"]
 
     t = time.time()
@@ -233,7 +266,8 @@ def main(argv=None) -> dict:
     inpainted = out / "inpainting"
     results = inpaint_dataset(model, dataset, inpainted, args.total_iter, args.mask_func,
                               batch_size=args.batch_size, seed=args.seed, precision=precision,
-                              save_steps=args.save_steps, temperature=args.temperature)
+                              save_steps=args.save_steps, temperature=args.temperature,
+                              conditional=bool(args.conditional_vqgan))
     timings["mask + inpaint"] = time.time() - t
 
     t = time.time()
@@ -243,13 +277,26 @@ def main(argv=None) -> dict:
         composited = composite_folder(results, masked, out / f"{results.name}_{args.composite}",
                                       args.composite)
     scores = fids(model, gt, results, composited, masked, out, device, args.composite)
+    extra, blended = {}, None
+    if args.conditional_vqgan:  # the result is the conditional decode
+        scores = {k.replace("FID inpainting", "FID inpainting (conditional decode)"): v
+                  for k, v in scores.items()}
+        extra, blended = conditional_fids(model, gt, inpainted / "plain_results", masked, dataset.known,
+                                          out, device)
     timings["FID"] = time.time() - t
     timings["total"] = time.time() - start
 
     names = [p.name for p in dataset.masked_paths[:args.examples]]
-    examples = [(masked / "masked_image" / n, (composited or results) / f"image_{i:03d}.png",
-                 gt / n if gt is not None and (gt / n).is_file() else None)
+    truth = lambda n: gt / n if gt is not None and (gt / n).is_file() else None
+    columns = ("masked input", "result", "ground truth")
+    examples = [(masked / "masked_image" / n, (composited or results) / f"image_{i:03d}.png", truth(n))
                 for i, n in enumerate(names)]
+    if args.conditional_vqgan:
+        columns = ("masked input", "plain decode", "conditional decode", "plain decode, Poisson-blended",
+                   "ground truth")
+        examples = [(masked / "masked_image" / n, inpainted / "plain_results" / f"image_{i:03d}.png",
+                     results / f"image_{i:03d}.png", blended / f"image_{i:03d}.png", truth(n))
+                    for i, n in enumerate(names)]
     steps = (inpainted / "imga" / "image_000.png", inpainted / "mask_scheduling" / "image_000.png")
     settings = {"data": args.data or "generated shapes", "transformer checkpoint": tr_ckpt,
                 "VQGAN checkpoint": model.vq_ckpt, "masked set": masked, "test images": len(dataset),
@@ -258,18 +305,23 @@ def main(argv=None) -> dict:
                 "mask function": args.mask_func or model.gamma.__name__.removeprefix("gamma_"),
                 "sampling temperature": model.decoding(args.temperature)[0],
                 "seed": args.seed, "device": device}
-    report = write_report(out, scores, settings, timings, examples,
-                          steps if steps[0].is_file() else None)
+    if args.conditional_vqgan:
+        settings["conditional VQGAN (decodes the result)"] = args.conditional_vqgan
+    report = write_report(out, {**scores, **extra}, settings, timings, examples,
+                          steps if steps[0].is_file() else None, columns=columns)
 
     print(f"\ncheckpoints: {tr_ckpt} (VQGAN {model.vq_ckpt})\nmasked set:  {masked}\n"
           f"inpainted:   {results}\nreport:      {report}\nsummary:     {out / 'results.md'}")
-    for name, value in scores.items():
+    for name, value in {**scores, **extra}.items():
         print(f"{name}: {'n/a' if value is None else f'{value:.4f}'}")
     print(f"total time: {timings['total'] / 60:.1f} min")
     fid_raw, fid_floor, *fid_composite = scores.values()  # in the order fids() names them
     fid_composite, fid_composite_floor = fid_composite or (None, None)
     return {"fid_inpainting": fid_raw, "fid_reconstruction": fid_floor,
             "fid_inpainting_composite": fid_composite, "fid_reconstruction_composite": fid_composite_floor,
+            "fid_plain": extra.get("FID plain decode"),
+            "fid_plain_poisson": extra.get(f"FID plain decode, {composite_label('poisson')}"),
+            "fid_reconstruction_conditional": extra.get("FID conditional VQGAN reconstruction (floor)"),
             "report": report, "transformer_ckpt": tr_ckpt, "masked_dir": masked, "results": results}
 
 

@@ -53,15 +53,15 @@ def _read_rgb(path: Path) -> np.ndarray:
         return np.asarray(im.convert("RGB"))  # (H, W, 3)
 
 
-def example_grid(examples: list[tuple[Path, Path, Path | None]]) -> Image.Image:
-    """One row per example: masked input | result | ground truth (grey if absent)."""
+def example_grid(examples: list[tuple[Path | None, ...]]) -> Image.Image:
+    """One row per example, e.g. masked input | result | ground truth (grey if absent)."""
     rows = []
     for row in examples:
         images = [_read_rgb(p) if p else None for p in row]
         size = next(im.shape for im in images if im is not None)
         rows.append(np.concatenate([im if im is not None else np.full(size, 128, np.uint8)
-                                    for im in images], axis=1))  # (H, 3W, 3)
-    return Image.fromarray(np.concatenate(rows, axis=0))  # (N*H, 3W, 3)
+                                    for im in images], axis=1))  # (H, columns*W, 3)
+    return Image.fromarray(np.concatenate(rows, axis=0))  # (N*H, columns*W, 3)
 
 
 def _table(rows: dict, header: tuple[str, str]) -> tuple[str, str]:
@@ -75,14 +75,15 @@ def _table(rows: dict, header: tuple[str, str]) -> tuple[str, str]:
 
 
 def write_report(out_dir: str | Path, fids: dict[str, float | None], settings: dict,
-                 timings: dict[str, float], examples: list[tuple[Path, Path, Path | None]],
+                 timings: dict[str, float], examples: list[tuple[Path | None, ...]],
                  steps: tuple[Path, Path] | None = None,
-                 title: str = "MaskGIT inpainting results") -> Path:
+                 title: str = "MaskGIT inpainting results", columns: tuple[str, ...] = COLUMNS) -> Path:
     """Write report.html, examples.png and results.md into `out_dir`; return the HTML path.
 
     fids: name -> FID (None when it could not be computed, e.g. no ground truth);
-    timings: stage -> seconds; examples: (masked, result, ground truth or None) image
-    paths; steps: (decoded-images strip, token-mask strip) of one image, from
+    timings: stage -> seconds; examples: one image path (or None) per column of `columns`,
+    by default (masked, result, ground truth or None); steps: (decoded-images strip,
+    token-mask strip) of one image, from
     inpainting's imga/ and mask_scheduling/ folders.
     """
     out_dir = Path(out_dir)
@@ -93,9 +94,9 @@ def write_report(out_dir: str | Path, fids: dict[str, float | None], settings: d
     grid_path = out_dir / "examples.png"
     if examples:
         example_grid(examples).save(grid_path)
-    head = "".join(f"<th>{c}</th>" for c in ("#",) + COLUMNS)
+    head = "".join(f"<th>{c}</th>" for c in ("#",) + tuple(columns))
     rows = "".join(f"<tr><td>{i}</td>" + "".join(f"<td>{_img_tag(p, c)}</td>"
-                                                 for p, c in zip(row, COLUMNS)) + "</tr>"
+                                                 for p, c in zip(row, columns)) + "</tr>"
                    for i, row in enumerate(examples))
     step_html = step_md = ""
     if steps is not None:
@@ -127,7 +128,7 @@ img {{ image-rendering: pixelated; }}
 """
     html_path = out_dir / "report.html"
     html_path.write_text(page)
-    grid_md = f"\n## Examples\n\n{' | '.join(COLUMNS)}\n\n![examples](examples.png)\n" if examples else ""
+    grid_md = f"\n## Examples\n\n{' | '.join(columns)}\n\n![examples](examples.png)\n" if examples else ""
     (out_dir / "results.md").write_text(f"# {title}\n\n## Figures\n\n{fid_md}\n## Settings\n\n"
                                         f"{set_md}\n## Timings\n\n{time_md}{grid_md}{step_md}")
     return html_path

@@ -93,12 +93,14 @@ def resolve_config(args) -> dict:
 
 
 def train_step(vq, disc, last_layer, opt_ae, opt_d, scaler, x, gan_weight: float,
-               l2_weight: float, device, precision: str, check=lambda loss: None):
+               l2_weight: float, device, precision: str, check=lambda loss: None, known=None):
     """One optimizer step of the autoencoder and, when `gan_weight` > 0, of the discriminator,
-    on the normalised batch x (B, 3, R, R). `check(loss)` runs before any weight changes.
+    on the normalised batch x (B, 3, R, R); with `known` (B, 1, R, R), 1 = known pixel, the
+    reconstruction goes through the conditional decoder (training_conditional.py).
+    `check(loss)` runs before any weight changes.
     Returns (the batch's code indices (B, r*r), a log dict of the losses)."""
     with autocast(device, precision):
-        x_rec, indices, q_loss = vq(x)
+        x_rec, indices, q_loss = vq(x) if known is None else vq(x, known)
         logits_fake = disc(x_rec) if gan_weight > 0 else None
     loss, log = generator_loss(x, x_rec.float(), q_loss.float(), logits_fake, last_layer,
                                gan_weight, l2_weight)

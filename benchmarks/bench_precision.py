@@ -44,10 +44,12 @@ def run(ckpt, masked_dir, out, device=None, total_iter: int = 7, batch_size: int
               f"{speed[precision]:.2f} images/s", flush=True)
     rows = [Row(f"FID bf16 vs fp32, {what} ({len(dataset)} images, T={total_iter})",
                 fid["bf16"][i], fid["fp32"][i], "FID", higher=False,
-                note=f"{100 * (fid['bf16'][i] / fid['fp32'][i] - 1):+.2f}% (target within 2%)")
+                note=f"{100 * (fid['bf16'][i] / fid['fp32'][i] - 1):+.2f}% (target within 2%)",
+                precision="bf16")
             for i, what in enumerate(("raw", "Poisson-blended"))]
     rows.append(Row(f"inpaint trained model, batch {batch_size}", speed["bf16"], speed["fp32"],
-                    "images/s", note="bf16 vs fp32, transformer + VQGAN, no step pictures"))
+                    "images/s", note="bf16 vs fp32, transformer + VQGAN, no step pictures",
+                    precision="bf16"))
     return rows
 
 

@@ -27,7 +27,7 @@ from benchmarks.common import (Row, add_common_args, build_maskgit, generated_im
 from data import normalization, normalize  # noqa: E402
 from data.tokens import cached_tokens  # noqa: E402
 from training_transformer import build_optimizer  # noqa: E402
-from runtime.precision import autocast, resolve_device  # noqa: E402
+from runtime.precision import autocast, resolve_device, resolve_precision  # noqa: E402
 from runtime.checkpoints import save_checkpoint  # noqa: E402
 
 
@@ -45,7 +45,8 @@ def run(device=None, config: str = "tiny", quick: bool = False, n_images: int | 
         images = generated_images(n, model.vq_config["img_resolution"])  # uint8 (n, 3, R, R)
         mean, std = normalization(model.vq_config, "train")
         opt = build_optimizer(model.transformer, tp)
-        precision = lambda: autocast(device, tp["precision"])
+        chosen = resolve_precision(tp["precision"], device)
+        precision = lambda: autocast(device, chosen)
         starts = range(0, n - batch + 1, batch)
 
         def cache():
@@ -70,8 +71,8 @@ def run(device=None, config: str = "tiny", quick: bool = False, n_images: int | 
     saved = t_reencode - t_cached
     return [
         Row(f"stage-2 epoch, {n} images ({config})", t_cached, t_reencode, "s", higher=False,
-            note="token cache hit vs VQGAN encode per batch"),
-        Row("token cache build (once per checkpoint)", t_build, unit="s",
+            note="token cache hit vs VQGAN encode per batch", precision=chosen),
+        Row("token cache build (once per checkpoint)", t_build, unit="s", precision="fp32",
             note=f"repaid after {t_build / saved:.2f} epochs" if saved > 0 else "never repaid"),
         Row("token cache read (once per run)", t_load, unit="s", note="hash checks + load"),
     ]

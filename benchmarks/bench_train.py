@@ -5,10 +5,12 @@ the lab-style baseline against ours, with each variant's peak memory.
 
   baseline  lab_baseline.train_step_lab_style: the VQGAN encoder on every batch, fp32,
             the hand-written attention, Adam, loss.item() every step.
-  ours      the step of training_transformer.py with a token cache (no encoder), bf16
-            autocast, the faster attention kernel for the device (common.fast_path: fused
-            on CUDA; on CPU the hand-written one, as dropout sends SDPA to its math path),
-            AdamW + grad clipping, no .item().
+  ours      the step of training_transformer.py with a token cache (no encoder), in the
+            precision the policy picks for this machine (runtime/precision.py: bf16 autocast
+            where the CPU or GPU runs bf16 natively, fp32 elsewhere, e.g. on AVX2 CPUs), the
+            faster attention kernel for it (common.fast_path: fused on CUDA; on CPU the
+            hand-written one, as dropout sends SDPA to its math path), AdamW + grad
+            clipping, no .item().
 Each variant runs in its own subprocesses, so its peak resident memory (ru_maxrss; on CUDA
 max_memory_allocated) is its own. The subprocesses take turns (baseline, ours, baseline,
 ours, ...) so that a change of load from other jobs hits both alike; the best step counts.
@@ -32,7 +34,7 @@ from benchmarks.lab_baseline import train_step_lab_style  # noqa: E402
 from data import normalization, normalize  # noqa: E402
 from models.VQGAN_Transformer import MaskGit  # noqa: E402
 from training_transformer import build_optimizer  # noqa: E402
-from runtime.precision import resolve_device  # noqa: E402
+from runtime.precision import choose_precision, resolve_device, resolve_precision  # noqa: E402
 
 VARIANTS = ("baseline", "ours")
 
@@ -65,9 +67,9 @@ def worker(variant: str, device, config: str, batch: int, steps: int) -> dict:
     else:
         # token ids as read from the cache (bench_token_cache times the cache itself)
         tokens = torch.randint(0, model.mask_token_id, (batch, model.num_image_tokens), device=device)
-        bf16 = fast_path(model, device, "bf16", training=True)
+        factory = fast_path(model, device, resolve_precision("auto", device), training=True)
         opt = build_optimizer(model.transformer, maskgit_config(config)["train_param"])
-        step = lambda: train_step(model, tokens, opt, bf16)
+        step = lambda: train_step(model, tokens, opt, factory)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     seconds = timed(step, device, repeats=steps, warmup=1)
@@ -89,12 +91,13 @@ def run(device=None, config: str = "lab", quick: bool = False, batch: int | None
             got = json.loads(out.stdout.strip().splitlines()[-1])
             result[variant] = {k: max(v, got[k]) for k, v in result[variant].items()}
     ours, base = result["ours"], result["baseline"]
+    precision = choose_precision("auto", device)[0]  # as the worker resolved it
     memory = "GPU max allocated" if device.type == "cuda" else "ru_maxrss"
     return [
         Row(f"train fwd+bwd+step, batch {batch}", ours["images_per_s"], base["images_per_s"],
-            "images/s", note="target >= 2.5x"),
+            "images/s", note="target >= 2.5x", precision=precision),
         Row("train peak memory", ours["peak_mb"], base["peak_mb"], "MiB", higher=False,
-            note=f"{memory}, each variant in its own process"),
+            note=f"{memory}, each variant in its own process", precision=precision),
     ]
 
 

@@ -6,6 +6,7 @@ benchmarks run from any working directory.
 """
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import time
@@ -19,7 +20,7 @@ from data import lab_mask, make_synthetic_images, normalization, normalize
 from models.Transformer.attention import set_fused
 from models.Transformer.packed import Linear, packed_weights
 from models.VQGAN_Transformer import MaskGit
-from runtime.precision import autocast, fused_attention
+from runtime.precision import autocast, choose_precision, cpu_kind, cpu_native_bf16, fused_attention
 from utils import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,24 +80,30 @@ def timed(fn, device, repeats: int = 1, warmup: int = 1) -> float:
     not the mean, because other jobs share the machine and only ever slow a run down."""
     for _ in range(warmup):
         fn()
-    best = float("inf")
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return interleaved_wall_cpu({"fn": fn}, device, repeats)[0]["fn"]
 
 
 def interleaved(fns: dict, device, repeats: int) -> dict:
     """Best seconds per call of each fn(), timed in turns (a, b, c, a, b, c, ...) so that a
     change of load from other jobs hits every variant alike. Warm them up first."""
-    best = dict.fromkeys(fns, float("inf"))
+    return interleaved_wall_cpu(fns, device, repeats)[0]
+
+
+def interleaved_wall_cpu(fns: dict, device, repeats: int) -> tuple[dict, dict]:
+    """`interleaved`, with both clocks: ({name: best wall seconds}, {name: best CPU seconds
+    of this process, all threads}) per call. On a machine shared with other jobs the CPU
+    time is the steadier figure: it counts this process's work, plus what its threads spin
+    while one of them waits for a core."""
+    wall, cpu = dict.fromkeys(fns, float("inf")), dict.fromkeys(fns, float("inf"))
     for _ in range(repeats):
         for name, fn in fns.items():
-            best[name] = min(best[name], timed(fn, device, repeats=1, warmup=0))
-    return best
+            sync(device)
+            w, c = time.perf_counter(), time.process_time()
+            fn()
+            sync(device)
+            wall[name] = min(wall[name], time.perf_counter() - w)
+            cpu[name] = min(cpu[name], time.process_time() - c)
+    return wall, cpu
 
 
 def matmul(dtype: torch.dtype, device, n: int = 4096):
@@ -138,8 +145,8 @@ def transformer_flops(params: dict, batch: int) -> float:
 
 
 def fast_path(model: MaskGit, device, precision: str, training: bool):
-    """Our inference/training setting: the faster attention kernel on this device for bf16
-    (fused, except for training on CPU) and an autocast context factory."""
+    """Our inference/training setting in a resolved `precision`: the attention kernel the
+    policy picks for it (runtime.precision.fused_attention) and an autocast context factory."""
     set_fused(model.transformer, fused_attention(device, precision, training))
     return lambda: autocast(torch.device(device), precision)
 
@@ -155,7 +162,30 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+# Caps on the instruction sets the libraries use: with all four, an AVX-512/AMX host runs as
+# an AVX2 one (ATen's kernels, oneDNN's, MKL's sgemm and FBGEMM's int8 GEMMs each read one).
+ISA_LIMITS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS",
+              "FBGEMM_ENABLE_INSTRUCTIONS")
+
+
+def isa_limits() -> str:
+    """The ISA caps set in the environment, e.g. 'ATEN_CPU_CAPABILITY=avx2 ...', or ''."""
+    return " ".join(f"{k}={os.environ[k]}" for k in ISA_LIMITS if os.environ.get(k))
+
+
+def machine_kind(device) -> str:
+    """What a results table is kept per: the CPU kind (`cpu_kind`, with '(emulated ...)'
+    when ISA caps are set) or the GPU's name."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    limits = isa_limits()
+    return cpu_kind() + (f" (emulated on this host via {limits})" if limits else "")
+
+
 def machine(device) -> dict:
+    """The machine a benchmark ran on: CPU model and kind, whether oneDNN has native bf16,
+    the precision `auto` picks there, threads and versions."""
     device = torch.device(device)
     try:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
@@ -163,7 +193,10 @@ def machine(device) -> dict:
                    if line.startswith("Model name"))
     except (OSError, subprocess.CalledProcessError, StopIteration):
         cpu = platform.processor() or "unknown CPU"
-    info = {"cpu": cpu, "cores": torch.multiprocessing.cpu_count(),
+    info = {"cpu": cpu, "cpu kind": machine_kind(device),
+            "oneDNN native bf16": "yes" if cpu_native_bf16() else "no",
+            "precision auto picks": choose_precision("auto", device)[0],
+            "cores": torch.multiprocessing.cpu_count(),
             "torch threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version(), "device": str(device)}
     if device.type == "cuda":
@@ -180,6 +213,7 @@ class Row:
     unit: str = ""
     higher: bool = True
     note: str = ""
+    precision: str = ""  # of ours (the lab-style baselines run fp32)
 
     @property
     def ratio(self) -> float | None:
@@ -196,8 +230,10 @@ def fmt(x: float | None) -> str:
 
 def table(rows: list[Row]) -> str:
     """A Markdown table (also readable in a terminal): ratio > 1 means ours is better."""
-    lines = ["| figure | ours | baseline | ratio | unit | note |", "|---|---|---|---|---|---|"]
+    lines = ["| figure | precision | ours | baseline | ratio | unit | note |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         ratio = "-" if r.ratio is None else f"{r.ratio:.2f}x"
-        lines.append(f"| {r.name} | {fmt(r.ours)} | {fmt(r.baseline)} | {ratio} | {r.unit} | {r.note} |")
+        lines.append(f"| {r.name} | {r.precision or '-'} | {fmt(r.ours)} | {fmt(r.baseline)} | "
+                     f"{ratio} | {r.unit} | {r.note} |")
     return "\n".join(lines)

@@ -5,12 +5,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from runtime.checkpoints import load_checkpoint, load_weights
+from runtime.checkpoints import load_checkpoint
 from utils import UserError, check_positive, load_config, require_keys, resolve_path
 from .decoding import iterative_decode, token_unknown_from_pixels
 from .schedules import gamma_func
 from .Transformer import BidirectionalTransformer
-from .VQGAN import build_vqgan
+from .VQGAN import build_vqgan, load_conditional_vqgan
+from .VQGAN.conditional import load_tokenizer_weights
 
 MODEL_KEYS = ["VQ_Configs", "num_image_tokens", "num_codebook_vectors", "choice_temperature",
               "gamma_type", "Transformer_param"]
@@ -23,7 +24,8 @@ def load_vqgan(config_path, ckpt_path=None) -> tuple[nn.Module, dict]:
     Returns (model in eval mode, its config).
 
     Accepts our training checkpoints (a dict holding 'model' and 'config', which wins
-    over `config_path`) and the lab's plain state_dict VQGAN.pt (built from `config_path`).
+    over `config_path`) and the lab's plain state_dict VQGAN.pt (built from `config_path`);
+    a plain checkpoint into a conditional config names the branch's new keys.
     """
     config_path = resolve_path(config_path)
     ckpt_path = resolve_path(ckpt_path) if ckpt_path else None
@@ -34,7 +36,7 @@ def load_vqgan(config_path, ckpt_path=None) -> tuple[nn.Module, dict]:
         cfg = load_config(config_path)
     model = build_vqgan(cfg, where=str(config_path))
     if state is not None:
-        load_weights(model, state, ckpt_path)
+        load_tokenizer_weights(model, state, ckpt_path)
     return model.eval().requires_grad_(False), cfg
 
 
@@ -57,6 +59,7 @@ class MaskGit(nn.Module):
         self.vq_ckpt = vq["VQ_CKPT_path"]
         vqgan, self.vq_config = load_vqgan(vq["VQ_config_path"], self.vq_ckpt)
         self.vqgan = vqgan
+        self.conditional_vqgan = None  # a mask-conditioned decoder of the same tokens, when attached
         self.num_image_tokens = configs["num_image_tokens"]
         self.mask_token_id = configs["num_codebook_vectors"]
         self.choice_temperature = configs["choice_temperature"]
@@ -79,7 +82,25 @@ class MaskGit(nn.Module):
     def train(self, mode: bool = True):
         super().train(mode)
         self.vqgan.eval()  # stage 1 stays frozen
+        if self.conditional_vqgan is not None:
+            self.conditional_vqgan.eval()
         return self
+
+    def attach_conditional_vqgan(self, ckpt_path) -> None:
+        """Decode through the conditional VQGAN of `ckpt_path` (training_conditional.py) when
+        asked; a one-line UserError unless it is one and shares this model's tokenizer."""
+        self.conditional_vqgan, _ = load_conditional_vqgan(ckpt_path, self.vqgan)
+
+    @torch.inference_mode()
+    def decode_tokens(self, indices: torch.Tensor, condition=None) -> torch.Tensor:
+        """indices (B, N) in [0, K) -> images (B, 3, R, R) normalised: by the plain VQGAN, or
+        with `condition` = (images (B, 3, R, R) normalised, known (B, 1, R, R) 1 = known) by
+        the attached conditional VQGAN from those images' known pixels."""
+        if condition is None:
+            return self.vqgan.decode_indices(indices)
+        if self.conditional_vqgan is None:
+            raise UserError("conditional decoding needs a conditional VQGAN; pass --conditional-vqgan CKPT")
+        return self.conditional_vqgan.decode_indices(indices, *condition)
 
     @torch.no_grad()
     def encode_to_z(self, x: torch.Tensor):
@@ -136,16 +157,17 @@ class MaskGit(nn.Module):
     def inpaint(self, images: torch.Tensor, known: torch.Tensor, total_iter: int,
                 generators: list[torch.Generator], gamma=None, sweet_spot: int = -1,
                 record: bool = False, autocast=None, temperature: float | None = None,
-                choice_temperature: float | None = None):
+                choice_temperature: float | None = None, conditional: bool = False):
         """Fill the holes of `images` (B, 3, R, R) normalised, `known` (B, 1, R, R) 1 = known:
         encode them, mask the tokens that touch a hole, and `complete` those.
 
         Returns what `complete` returns. `autocast` (a context factory, e.g. bf16) covers the
-        VQGAN encode too.
+        VQGAN encode too. `conditional` decodes through the attached conditional VQGAN, which
+        keeps the known pixels of `images` itself.
         """
         tokens = self.masked_tokens(images, known, autocast)
         return self.complete(tokens, total_iter, generators, gamma, sweet_spot, record, autocast,
-                             temperature, choice_temperature)
+                             temperature, choice_temperature, (images, known) if conditional else None)
 
     @torch.inference_mode()
     def masked_tokens(self, images: torch.Tensor, known: torch.Tensor, autocast=None) -> torch.Tensor:
@@ -159,13 +181,15 @@ class MaskGit(nn.Module):
     @torch.inference_mode()
     def complete(self, tokens: torch.Tensor, total_iter: int, generators: list[torch.Generator],
                  gamma=None, sweet_spot: int = -1, record: bool = False, autocast=None,
-                 temperature: float | None = None, choice_temperature: float | None = None):
+                 temperature: float | None = None, choice_temperature: float | None = None,
+                 condition=None):
         """Decode the [MASK] positions of `tokens` (B, N) iteratively and the tokens to images.
 
         Returns (images (B, 3, R, R) normalised, final tokens (B, N), history of
         (masked tokens, sampled tokens) per step when `record`). `autocast` (a context
         factory, e.g. bf16) covers the transformer and the VQGAN decode. `gamma`,
-        `temperature` and `choice_temperature` default to the config's.
+        `temperature` and `choice_temperature` default to the config's; `condition` is as
+        for `decode_tokens`.
         """
         autocast = autocast or contextlib.nullcontext
         temperature, choice_temperature = self.decoding(temperature, choice_temperature)
@@ -173,5 +197,5 @@ class MaskGit(nn.Module):
                                           choice_temperature, generators, sweet_spot, record,
                                           autocast, temperature)
         with autocast():
-            out = self.vqgan.decode_indices(final)
+            out = self.decode_tokens(final, condition)
         return out.float(), final, history

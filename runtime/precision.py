@@ -10,8 +10,11 @@ step took 101-151 s in bf16 against 5.3 s in fp32. An explicit bf16 there still 
 says so once. The hardware is read through torch's own capability queries (ATen's CPU
 capability, cpuinfo's ISA flags, oneDNN's bf16 check), never from CPU model names; so
 `ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2` makes an AVX-512 machine resolve as
-an AVX2 one. The kernel choices that depend on the precision (`fused_attention` here,
-the packed bf16 weights in models/Transformer/packed.py) follow the same answers.
+an AVX2 one (to also time like one, MKL_ENABLE_INSTRUCTIONS=AVX2 and
+FBGEMM_ENABLE_INSTRUCTIONS=AVX2 must cap MKL's sgemm and FBGEMM's int8 GEMMs, which
+otherwise keep using AVX-512: benchmarks/common.py, ISA_LIMITS). The kernel choices that
+depend on the precision and the machine (`fused_attention`, `packed_linears` and
+`channels_last` here) follow the same answers.
 """
 from __future__ import annotations
 
@@ -120,12 +123,43 @@ def autocast(device: torch.device, precision: str):
 def fused_attention(device, precision: str, training: bool) -> bool:
     """Whether the fused attention kernel is the faster one for this work.
 
-    On CUDA it is (flash / memory-efficient kernels). On CPU, measured at the lab config
-    (N = 256, head_dim = 48; benchmarks/bench_inpaint.py and bench_train.py), it is 5-12%
-    faster for bf16 inference but slower for training, where dropout sends
-    F.scaled_dot_product_attention to its unfused math path. fp32 keeps the hand-written
-    attention the lab asks for.
+    On CUDA it is (flash / memory-efficient kernels). On CPU it is for inference, measured
+    at the lab config (N = 256, head_dim = 48): 5-12% faster for bf16 (AMX), and in fp32 on
+    an AVX2 CPU 1.18x the hand-written attention's transformer forward at batch 16, with
+    the same tokens (benchmarks/bench_fast_paths.py; the hand-written scores, 16 heads x
+    256 x 256 per image, no longer fit the caches). It is slower for training, where dropout
+    sends F.scaled_dot_product_attention to its unfused math path. Both compute the same
+    function; the lab-style baseline keeps the hand-written one.
     """
     if torch.device(device).type == "cuda":
         return precision != "fp32"
-    return precision == "bf16" and not training
+    return precision in ("bf16", "fp32") and not training
+
+
+def packed_linears(device, precision: str) -> bool:
+    """Whether inference multiplies by oneDNN-packed weights, packed once per decode
+    (models/Transformer/packed.py).
+
+    bf16: on CPUs with native bf16 (the same logits as autocast, 7% faster decoding on AMX).
+    fp32: on AVX2 CPUs, where oneDNN's packed fp32 matmul beat MKL's sgemm at 2 threads:
+    1.10x the transformer forward at the lab config, batch 16, with the same tokens
+    (benchmarks/bench_fast_paths.py). Not measured on AVX-512 in fp32, so not used there:
+    it trades MKL for oneDNN, whose relative speed depends on the instruction set.
+    """
+    if torch.device(device).type != "cpu":
+        return False
+    if precision == "bf16":
+        return cpu_native_bf16()
+    return precision == "fp32" and torch.backends.cpu.get_cpu_capability() == "AVX2"
+
+
+def channels_last(device, precision: str) -> bool:
+    """Whether the VQGAN's convolutions run in channels_last (NHWC) for inference.
+
+    oneDNN computes NCHW convolutions in a blocked layout and reorders the activations into
+    it and back around every convolution; NHWC needs no reorder. The tokens and pixels are
+    bit-equal (benchmarks/bench_fast_paths.py checks). Measured faster for fp32 on an AVX2
+    CPU: encode 1.07x, decode 1.06x at the lab config, batch 16 (benchmarks/RESULTS.md);
+    bf16 and GPUs were not measured, and keep NCHW.
+    """
+    return torch.device(device).type == "cpu" and precision == "fp32"

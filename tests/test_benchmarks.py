@@ -1,20 +1,51 @@
 """The inpainting benchmark runs end to end on the tiny config: every figure is a finite
-positive rate, and its batching guard (fp32 batch tokens == batch-1 tokens) holds."""
+positive rate named with its precision, and its batching guard (fp32 batch tokens ==
+batch-1 tokens) holds. RESULTS.md keeps one section per kind of machine."""
 import math
 
+import pytest
+import torch
+
 from benchmarks import bench_inpaint
+from benchmarks.run_all import merge_section, section_markers
+from runtime.precision import choose_precision
+
+OWN = choose_precision("auto", torch.device("cpu"))[0]
+ROWS = {
+    "bf16": ["matmul peak fp32", "matmul peak bf16", "matmul peak bf16",
+             "inpaint from tokens, fp32, batch 3", "inpaint from tokens, bf16, batch 3",
+             "inpaint end to end, bf16, batch 3", "transformer fwd bf16 fused, batch 3",
+             "transformer fwd bf16 hand-written, batch 3", "transformer fwd baseline"],
+    "fp32": ["matmul peak fp32", "inpaint from tokens, fp32, batch 3",
+             "inpaint end to end, fp32, batch 3", "inpaint end to end, int8 linears, batch 3",
+             "transformer fwd fp32 fused, batch 3", "transformer fwd fp32 hand-written, batch 3",
+             "transformer fwd baseline"],
+}
 
 
-def test_inpaint_benchmark_smoke():
+# this machine's own policy, and fp32 (what a CPU without native bf16, e.g. AVX2, runs)
+@pytest.mark.parametrize("precision", sorted({OWN, "fp32"}))
+def test_inpaint_benchmark_smoke(monkeypatch, precision):
+    monkeypatch.setattr(bench_inpaint, "resolve_precision", lambda *args: precision)
     rows = bench_inpaint.run("cpu", "tiny", quick=True, batch=3, total_iter=3, peak_size=256)
-    assert [r.name.split(" (")[0] for r in rows] == [
-        "matmul peak fp32", "matmul peak bf16", "matmul peak bf16",
-        "inpaint from tokens, fp32, batch 3", "inpaint from tokens, bf16, batch 3",
-        "inpaint end to end, bf16, batch 3", "transformer fwd bf16 fused, batch 3",
-        "transformer fwd bf16 hand-written, batch 3", "transformer fwd baseline"]
+    assert [r.name.split(" (")[0] for r in rows] == ROWS[precision]
     for r in rows:
         assert math.isfinite(r.ours) and r.ours > 0, r
         assert r.baseline is None or (math.isfinite(r.baseline) and r.baseline > 0), r
+        assert r.precision in ("fp32", "bf16", "int8+fp32"), r
     inpaint = [r for r in rows if r.name.startswith("inpaint")]
-    assert [r.unit for r in inpaint] == ["images/s"] * 3 and all(r.ratio for r in inpaint)
+    assert all(r.unit == "images/s" and r.ratio for r in inpaint)
     assert "tokens == batch-1 tokens: True" in inpaint[0].note
+
+
+def test_results_keep_one_section_per_kind():
+    text = "# Benchmark results\n\nintro\n"
+    amx = merge_section(text, "AMX, native bf16", "## AMX\ntable 1")
+    both = merge_section(amx + "\nhand-written notes\n", "AVX2, no native bf16", "## AVX2\ntable 2")
+    again = merge_section(both, "AMX, native bf16", "## AMX\ntable 3")
+    assert again.startswith("# Benchmark results\n")
+    for kind, table in [("AMX, native bf16", "table 3"), ("AVX2, no native bf16", "table 2")]:
+        start, end = section_markers(kind)
+        assert again.count(start) == again.count(end) == 1
+        assert table in again.split(start)[1].split(end)[0]
+    assert "table 1" not in again and "intro" in again and "hand-written notes" in again

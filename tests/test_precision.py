@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from runtime import precision
-from runtime.precision import choose_precision, cpu_native_bf16, fused_attention, resolve_precision
+from runtime.precision import (channels_last, choose_precision, cpu_native_bf16, fused_attention,
+                               packed_linears, resolve_precision)
 
 CPU = torch.device("cpu")
 # (ATen capability, oneDNN bf16 check, AVX512-BF16 flag, AMX flag, machine)
@@ -100,15 +101,52 @@ def test_kernels_follow_the_precision():
     cuda = torch.device("cuda")
     assert fused_attention(CPU, "bf16", training=False)
     assert not fused_attention(CPU, "bf16", training=True)  # dropout: the unfused math path
-    assert not fused_attention(CPU, "fp32", training=False)  # the lab's hand-written attention
+    assert fused_attention(CPU, "fp32", training=False)  # 1.18x on AVX2, the same tokens
+    assert not fused_attention(CPU, "fp32", training=True)
     assert fused_attention(cuda, "bf16", training=True) and fused_attention(cuda, "fp16", training=False)
     assert not fused_attention(cuda, "fp32", training=False)
 
 
 def test_packing_follows_the_policy(machine):
     from models.Transformer.packed import can_pack
+    has_kernel = hasattr(torch.ops.mkldnn, "_linear_pointwise")
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         machine("skylake (AVX512, no bf16)")  # oneDNN would emulate bf16 here: no packing
         assert not can_pack(CPU)
         machine("sapphire rapids (AMX)")
-        assert can_pack(CPU) == hasattr(torch.ops.mkldnn, "_linear_pointwise")
+        assert can_pack(CPU) == has_kernel
+    with torch.no_grad():  # fp32: packed where measured faster, on AVX2
+        assert not can_pack(CPU)
+        machine("epyc (AVX2)")
+        assert can_pack(CPU) == has_kernel
+    assert not can_pack(CPU)  # autograd on: never packed
+
+
+@pytest.mark.parametrize("name, fp32, bf16", [("epyc (AVX2)", True, False),
+                                              ("sapphire rapids (AMX)", False, True),
+                                              ("skylake (AVX512, no bf16)", False, False)])
+def test_packed_linears_on_every_cpu(machine, name, fp32, bf16):
+    machine(name)
+    assert packed_linears(CPU, "fp32") == fp32 and packed_linears(CPU, "bf16") == bf16
+    assert not packed_linears(torch.device("cuda"), "bf16")
+
+
+def test_channels_last_follows_the_precision():
+    assert channels_last(CPU, "fp32")  # measured faster on AVX2 (benchmarks/bench_fast_paths.py)
+    assert not channels_last(CPU, "bf16") and not channels_last(torch.device("cuda"), "fp32")
+
+
+@torch.inference_mode()
+def test_channels_last_vqgan_gives_the_same_tokens_and_images():
+    from models.VQGAN_Transformer import load_vqgan
+    from utils import REPO_ROOT
+    torch.manual_seed(0)
+    nchw = load_vqgan(REPO_ROOT / "configs" / "VQGAN_tiny.yml")[0]
+    nhwc = load_vqgan(REPO_ROOT / "configs" / "VQGAN_tiny.yml")[0]
+    nhwc.load_state_dict(nchw.state_dict())
+    nhwc.to(memory_format=torch.channels_last)
+    images = torch.rand(2, 3, 64, 64) * 2 - 1
+    tokens = nchw.encode(images)[1]
+    assert torch.equal(nhwc.encode(images)[1], tokens)
+    assert nhwc.decode_indices(tokens).is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(nhwc.decode_indices(tokens), nchw.decode_indices(tokens), rtol=0, atol=1e-5)

@@ -1,13 +1,15 @@
 """Stage 2 network: attention against a by-hand reference, fused == hand-written,
-the lab's parameter names, the logits' shape and the packed bf16 weights."""
+the lab's parameter names, the logits' shape and the packed weights (bf16, and fp32 where
+the policy packs it)."""
 import contextlib
 
 import pytest
 import torch
 
 from models.Transformer import BidirectionalTransformer, MultiHeadAttention
+from models.Transformer import packed
 from models.Transformer.packed import Linear, packed_weights
-from runtime.precision import cpu_native_bf16
+from runtime.precision import cpu_native_bf16, packed_linears
 
 K, N, DIM, HEADS = 16, 12, 32, 4
 
@@ -127,11 +129,33 @@ def test_packed_weights_give_the_autocast_logits():
 
 
 @pytest.mark.parametrize("setting", ["fp32", "grad", "float16"])
-def test_packing_only_for_cpu_bf16_inference(setting):
+def test_packing_only_for_cpu_inference_where_the_policy_packs(setting):
     model = BidirectionalTransformer(N, K, DIM, n_layers=1, hidden_dim=64, num_heads=HEADS)
     autocast = (contextlib.nullcontext() if setting == "fp32"
                 else torch.autocast("cpu", torch.float16 if setting == "float16" else torch.bfloat16))
     grad = torch.enable_grad() if setting == "grad" else torch.inference_mode()
+    fp32_packed = (setting == "fp32" and packed_linears(torch.device("cpu"), "fp32")  # AVX2 CPUs
+                   and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
     with grad, autocast, packed_weights(model, rows=N):
-        assert packed_count(model) == 0
-        model(torch.randint(0, K + 1, (1, N))).sum()  # the usual nn.Linear path runs
+        assert packed_count(model) == (4 + 1 if fp32_packed else 0)  # the block's 4 and the head
+        model(torch.randint(0, K + 1, (1, N))).sum()  # runs either way
+
+
+
+@pytest.mark.skipif(not hasattr(torch.ops.mkldnn, "_linear_pointwise"), reason="no oneDNN packed linear")
+def test_packed_fp32_weights_give_the_fp32_logits(monkeypatch):
+    """fp32 packing (the policy's choice on AVX2 CPUs, forced here): oneDNN's kernel, so the
+    logits match nn.Linear's to rounding, not bit for bit."""
+    monkeypatch.setattr(packed, "packed_linears", lambda device, precision: precision == "fp32")
+    torch.manual_seed(0)
+    model = BidirectionalTransformer(N, K, DIM, n_layers=2, hidden_dim=64, num_heads=HEADS).eval()
+    tokens, only = torch.randint(0, K + 1, (3, N)), torch.rand(3, N) < 0.5
+    with torch.inference_mode():
+        plain = model(tokens, only)
+        with packed_weights(model, rows=tokens.numel()):
+            assert packed_count(model) == 2 * 4 + 1
+            fp32 = model(tokens, only)
+        with packed.unpacked(), packed_weights(model, rows=tokens.numel()):
+            assert packed_count(model) == 0  # the plain path, on request
+    assert fp32.dtype == torch.float32
+    torch.testing.assert_close(fp32, plain, rtol=0, atol=1e-5)

@@ -6,6 +6,7 @@ convolution runs at 64x64. Most of the compute sits on the token grid, where Mas
 VQGAN+ study found width to be the largest single gain. Its codes are the factorised,
 l2-normalised ones of `FactorizedCodebook`. It is its own class with its own module tree:
 nothing here changes what the lab's `VQGAN.pt` loads into (models/VQGAN/vqgan.py).
+`conditional: true` adds the mask-conditioned branch (conditional.py) under `cond.*`.
 
 Shapes for the cat-face recipe (R = 64, r = 16, unshuffle 2 then 2):
     image (B, 3, 64, 64) -> unshuffle -> (B, 12, 32, 32) -> stem -> (B, C1, 32, 32)
@@ -22,12 +23,14 @@ import torch
 import torch.nn as nn
 
 from utils import UserError, require_keys
+from .conditional import MaskBranch
 from .factorized_codebook import FactorizedCodebook
 from .tokenizer import Tokenizer
 
 ARCH_KEYS = ["image_channels", "img_resolution", "latent_resolution", "num_codebook_vectors",
              "code_dim", "channels", "enc_res_blocks", "dec_res_blocks", "beta", "ema_decay",
              "norm_groups"]
+OPTIONAL_KEYS = {"conditional": False}
 
 
 class ResBlock(nn.Module):
@@ -81,12 +84,19 @@ class CompactDecoder(nn.Module):
         super().__init__()
         widths = channels[::-1]  # deepest first
         layers = [nn.Conv2d(code_dim, widths[0], 3, 1, 1)]  # (B, C_deep, r, r)
+        # where a mask-conditioned branch (conditional.py) may fuse: (index in `model` after
+        # which, channels, image side / feature side): at the start of every resolution and
+        # before the head; a plain attribute, outside the state_dict
+        self.fusion_levels = [(0, widths[0], 2 ** len(widths))]
         for i, (width, count) in enumerate(zip(widths, res_blocks[::-1])):
             last = i + 1 == len(widths)
             out, k = (image_channels, 3) if last else (widths[i + 1], 1)  # 3x3 where pixels come out
             # (B, width, H, W) -> (B, 4 out, H, W) -> (B, out, 2H, 2W)
             layers += [stack(width, count, groups), nn.SiLU(), nn.Conv2d(width, 4 * out, k, 1, k // 2),
                        nn.PixelShuffle(2)]
+            if not last:
+                self.fusion_levels.append((len(layers) - 1, out, 2 ** (len(widths) - 1 - i)))
+        self.fusion_levels.append((len(layers) - 4, widths[-1], 2))  # after the last stack
         self.model = nn.Sequential(*layers)
 
     def forward(self, z):
@@ -100,7 +110,7 @@ class CompactVQGAN(Tokenizer):
     def __init__(self, image_channels: int, img_resolution: int, latent_resolution: int,
                  num_codebook_vectors: int, code_dim: int, channels: list[int],
                  enc_res_blocks: list[int], dec_res_blocks: list[int], beta: float = 0.25,
-                 ema_decay: float = 0.0, norm_groups: int = 0):
+                 ema_decay: float = 0.0, norm_groups: int = 0, conditional: bool = False):
         super().__init__()
         halvings = math.log2(img_resolution / latent_resolution)
         if halvings != len(channels) or not halvings.is_integer():
@@ -113,12 +123,14 @@ class CompactVQGAN(Tokenizer):
         self.encoder = CompactEncoder(image_channels, channels, enc_res_blocks, code_dim, norm_groups)
         self.decoder = CompactDecoder(image_channels, channels, dec_res_blocks, code_dim, norm_groups)
         self.codebook = FactorizedCodebook(num_codebook_vectors, code_dim, beta, ema_decay)
+        self.cond = MaskBranch(image_channels, self.decoder.fusion_levels) if conditional else None
 
     @classmethod
     def from_config(cls, cfg: dict, where: str = "VQGAN config") -> "CompactVQGAN":
         require_keys(cfg, ARCH_KEYS, where)
         try:
-            return cls(**{k: cfg[k] for k in ARCH_KEYS})
+            return cls(**{k: cfg[k] for k in ARCH_KEYS},
+                       **{k: cfg.get(k, v) for k, v in OPTIONAL_KEYS.items()})
         except (AssertionError, ValueError) as e:
             raise UserError(f"{where} describes an impossible CompactVQGAN ({e}); "
                             f"check channels, res blocks and resolutions") from None
@@ -136,6 +148,8 @@ class CompactVQGAN(Tokenizer):
         """x (B, 3, R, R) normalised -> z_q (B, d, r, r), indices (B, r*r) in [0, K), q_loss."""
         return self.codebook(self.encoder(x))
 
-    def decode(self, z_q: torch.Tensor) -> torch.Tensor:
-        """z_q (B, d, r, r) -> image (B, 3, R, R) in the normalised space."""
-        return self.decoder(z_q)
+    def decode(self, z_q: torch.Tensor, image: torch.Tensor | None = None,
+               known: torch.Tensor | None = None) -> torch.Tensor:
+        """z_q (B, d, r, r) -> image (B, 3, R, R) in the normalised space; with `known`
+        (B, 1, R, R), through the conditional branch on `image`'s known pixels."""
+        return self.run_decoder(z_q, image, known)

@@ -1,4 +1,9 @@
-"""VQGAN decoder: latent (B, latent_dim, r, r) -> image (B, 3, R, R)."""
+"""VQGAN decoder: latent (B, latent_dim, r, r) -> image (B, 3, R, R).
+
+`fusion_levels` names where a mask-conditioned branch (conditional.py) may add its features:
+(index in `model` after which to fuse, channels there, image side / feature side). It is a
+plain attribute, so the module tree and the lab's state_dict keys are unchanged.
+"""
 import math
 
 import torch.nn as nn
@@ -19,6 +24,9 @@ class Decoder(nn.Module):
                   ResidualBlock(in_ch, in_ch, groups), NonLocalBlock(in_ch, groups),
                   ResidualBlock(in_ch, in_ch, groups)]
         resolution = latent_resolution
+        # after the middle blocks, after every upsampling, and before the output head (the
+        # places Asymmetric VQGAN's MaskConditionDecoder blends its features in)
+        self.fusion_levels = [(len(layers) - 1, in_ch, img_resolution // resolution)]
         for i, out_ch in enumerate(channels):
             for _ in range(num_res_blocks):
                 layers.append(ResidualBlock(in_ch, out_ch, groups))
@@ -28,7 +36,9 @@ class Decoder(nn.Module):
             if i in ups:
                 layers.append(UpSampleBlock(in_ch))
                 resolution *= 2
+                self.fusion_levels.append((len(layers) - 1, in_ch, img_resolution // resolution))
         assert resolution == img_resolution, (resolution, img_resolution)
+        self.fusion_levels.append((len(layers) - 1, in_ch, 1))
         # The lab's decoder has no Swish between the last GroupNorm and the output conv.
         layers += [GroupNorm(in_ch, groups), nn.Conv2d(in_ch, image_channels, 3, 1, 1)]
         self.model = nn.Sequential(*layers)

@@ -4,20 +4,34 @@ import torch.nn as nn
 
 
 class Tokenizer(nn.Module):
-    """A subclass defines `encode(x) -> (z_q, indices, q_loss)`, `decode(z_q)`, `latents(x)`,
-    `last_layer`, `codebook` (with `embed` and `restart_dead_codes`), `latent_resolution`
-    and `num_codebook_vectors`. Images are normalised; indices (B, r*r) are row-major in
-    [0, K)."""
+    """A subclass defines `encode(x) -> (z_q, indices, q_loss)`, `decode(z_q, image, known)`,
+    `latents(x)`, `last_layer`, `codebook` (with `embed` and `restart_dead_codes`),
+    `latent_resolution`, `num_codebook_vectors` and `cond` (a conditional.MaskBranch, or None
+    for a plain tokenizer). Images are normalised; indices (B, r*r) are row-major in [0, K);
+    known (B, 1, R, R) is 1 at known pixels."""
 
     latent_resolution: int
     num_codebook_vectors: int
 
-    def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
-        """indices (B, r*r) in [0, K) -> image (B, 3, R, R)."""
+    def decode_indices(self, indices: torch.Tensor, image: torch.Tensor | None = None,
+                       known: torch.Tensor | None = None) -> torch.Tensor:
+        """indices (B, r*r) in [0, K) -> image (B, 3, R, R); with `known`, through the
+        conditional branch, which reads the pixels of `image` where `known` is 1."""
         r = self.latent_resolution
-        return self.decode(self.codebook.embed(indices, r, r))
+        return self.decode(self.codebook.embed(indices, r, r), image, known)
 
-    def forward(self, x: torch.Tensor):
-        """x (B, 3, R, R) -> (reconstruction (B, 3, R, R), indices (B, r*r), q_loss)."""
+    def forward(self, x: torch.Tensor, known: torch.Tensor | None = None):
+        """x (B, 3, R, R) -> (reconstruction (B, 3, R, R), indices (B, r*r), q_loss); with
+        `known`, decoded through the conditional branch from x's known pixels."""
         z_q, indices, q_loss = self.encode(x)
-        return self.decode(z_q), indices, q_loss
+        return self.decode(z_q, x, known), indices, q_loss
+
+    def run_decoder(self, h: torch.Tensor, image: torch.Tensor | None,
+                    known: torch.Tensor | None) -> torch.Tensor:
+        """The decoder on its input h, plain without `known`, else fused with the branch."""
+        if known is None:
+            return self.decoder(h)
+        if self.cond is None:
+            raise ValueError("this tokenizer has no conditional branch; build it from a config "
+                             "with conditional: true")
+        return self.cond.decode(self.decoder, h, image, known)

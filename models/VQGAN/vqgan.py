@@ -1,13 +1,15 @@
 """VQGAN: encoder -> quant_conv -> codebook -> post_quant_conv -> decoder.
 
 Built from a config with the lab's keys; `VQGAN(**lab_config).state_dict()` has
-exactly the keys and shapes of the lab's pretrained VQGAN.pt.
+exactly the keys and shapes of the lab's pretrained VQGAN.pt. `conditional: true` adds the
+mask-conditioned branch (conditional.py) under its own `cond.*` keys, after those.
 """
 import torch
 import torch.nn as nn
 
 from utils import UserError, require_keys
 from .codebook import Codebook
+from .conditional import MaskBranch
 from .decoder import Decoder
 from .encoder import Encoder
 from .tokenizer import Tokenizer
@@ -16,14 +18,15 @@ ARCH_KEYS = ["image_channels", "enc_channels", "dec_channels", "latent_dim", "im
              "latent_resolution", "num_codebook_vectors", "beta"]
 # Keys with the lab's values as defaults, so the lab's VQGAN.yml works unchanged.
 ARCH_DEFAULTS = {"enc_num_res_blocks": 2, "dec_num_res_blocks": 3, "attn_resolutions": [16],
-                 "norm_groups": 32}
+                 "norm_groups": 32, "conditional": False}
 
 
 class VQGAN(Tokenizer):
     def __init__(self, image_channels: int, enc_channels: list[int], dec_channels: list[int],
                  latent_dim: int, img_resolution: int, latent_resolution: int,
                  num_codebook_vectors: int, beta: float, enc_num_res_blocks: int = 2,
-                 dec_num_res_blocks: int = 3, attn_resolutions=(16,), norm_groups: int = 32):
+                 dec_num_res_blocks: int = 3, attn_resolutions=(16,), norm_groups: int = 32,
+                 conditional: bool = False):
         super().__init__()
         self.latent_resolution = latent_resolution
         self.num_codebook_vectors = num_codebook_vectors
@@ -35,6 +38,7 @@ class VQGAN(Tokenizer):
         self.codebook = Codebook(num_codebook_vectors, latent_dim, beta)
         self.quant_conv = nn.Conv2d(latent_dim, latent_dim, 1)
         self.post_quant_conv = nn.Conv2d(latent_dim, latent_dim, 1)
+        self.cond = MaskBranch(image_channels, self.decoder.fusion_levels) if conditional else None
 
     @classmethod
     def from_config(cls, cfg: dict, where: str = "VQGAN config") -> "VQGAN":
@@ -60,6 +64,8 @@ class VQGAN(Tokenizer):
         """x (B, 3, R, R) normalised -> z_q (B, D, r, r), indices (B, r*r) in [0, K), q_loss."""
         return self.codebook(self.quant_conv(self.encoder(x)))
 
-    def decode(self, z_q: torch.Tensor) -> torch.Tensor:
-        """z_q (B, D, r, r) -> image (B, 3, R, R) in the normalised space."""
-        return self.decoder(self.post_quant_conv(z_q))
+    def decode(self, z_q: torch.Tensor, image: torch.Tensor | None = None,
+               known: torch.Tensor | None = None) -> torch.Tensor:
+        """z_q (B, D, r, r) -> image (B, 3, R, R) in the normalised space; with `known`
+        (B, 1, R, R), through the conditional branch on `image`'s known pixels."""
+        return self.run_decoder(self.post_quant_conv(z_q), image, known)

@@ -1,0 +1,175 @@
+"""Mask-conditioned decoding: the decoder keeps the known pixels itself (issue 16).
+
+A light convolutional branch encodes the masked image and its mask into features at each
+of the decoder's resolutions (Zhu et al. 2023, Asymmetric VQGAN; Liu et al. 2022, PUT's
+P-VQVAE). At each place the decoder lists in `fusion_levels`, its features h take
+
+    h <- h + m * W [h ; t]
+
+where t is the branch's feature map at that resolution, m (B, 1, H, W) the fraction of
+known pixels under each feature cell, and W a 1x1 convolution that starts at zero. The
+papers' masked blend h <- (1 - m) h + m t is the case W = [-I, P] (P a projection of t);
+W = 0 is the plain decoder, so at initialisation the output is the plain decoder's bit
+for bit, and wherever m = 0 (every hole cell; everything under an all-hole mask) it stays
+so for any W: an all-hole mask gives an ordinary decoder whatever the masked image holds.
+
+The branch lives under its own keys (`cond.*`, next to the tokenizer's encoder, codebook
+and decoder), so the plain module tree, the lab's 315-tensor VQGAN.pt and every plain
+checkpoint are unchanged; `load_tokenizer_weights` loads a plain checkpoint into a
+conditional model and names the new keys. The tokens depend on the encoder side only
+(`TOKEN_SIDE`), which conditional training freezes.
+
+Shapes for the compact cat-face recipe (R = 64, decoder widths 128 @ 16x16, 64 @ 32x32):
+    masked image (B, 3, 64, 64), known (B, 1, 64, 64) -> cat (B, 4, 64, 64)
+    -> unshuffle 2 -> (B, 16, 32, 32) -> 3x3 -> t_2 (B, 64, 32, 32)
+    -> SiLU, unshuffle 2 -> (B, 256, 16, 16) -> 1x1 -> t_4 (B, 128, 16, 16)
+    decoder: conv_in -> h (B, 128, 16, 16) + m_4 W_0 [h ; t_4] -> res blocks -> shuffle
+             -> h (B, 64, 32, 32) + m_2 W_1 [h ; t_2] -> res blocks
+             -> h (B, 64, 32, 32) + m_2 W_2 [h ; t_2] -> head -> (B, 3, 64, 64)
+For the lab's decoder (512 @ 16, 512 @ 32, 256 and 128 @ 64) the branch starts with a 3x3
+conv at 64x64 (factor 1, no unshuffle) and fuses after the middle blocks, after each
+upsampling and before the output head.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from runtime.checkpoints import load_weights
+
+# state_dict prefixes the token ids depend on: frozen by conditional training, and what a
+# conditional checkpoint must share with the transformer's tokenizer
+TOKEN_SIDE = ("encoder.", "quant_conv.", "codebook.")
+BRANCH = "cond."
+
+
+class MaskBranch(nn.Module):
+    """(masked image (B, C, R, R) normalised, known (B, 1, R, R) 1 = known) -> one feature
+    map per resolution of `levels`, and the zero-initialised fusion into a decoder.
+
+    `levels` is the decoder's `fusion_levels`: (index in `decoder.model` after which to
+    fuse, channels there, factor = R / feature side), factors powers of 2. The branch holds
+    one trunk stage per distinct factor, finest first: the first an unshuffle to its factor
+    and a 3x3 conv (it sees pixels), each next a SiLU, an unshuffle by 2 per halving and a
+    1x1 conv (it only regroups), as CompactVQGAN's encoder does. A stage is as wide as the
+    widest decoder level at its resolution.
+    """
+
+    def __init__(self, image_channels: int, levels: list[tuple[int, int, int]]):
+        super().__init__()
+        self.levels = list(dict.fromkeys(tuple(level) for level in levels))  # one per place
+        self.factors = sorted({f for _, _, f in self.levels})  # finest first
+        widths = {f: max(c for _, c, g in self.levels if g == f) for f in self.factors}
+        stages, prev_ch, prev_f = [], image_channels + 1, 1
+        for j, f in enumerate(self.factors):
+            step = f // prev_f
+            if f % prev_f or step & (step - 1):
+                raise ValueError(f"fusion factors {self.factors} are not powers of 2 apart")
+            down = [nn.PixelUnshuffle(step)] if step > 1 else []
+            if j == 0:  # (B, C+1, R, R) -> (B, (C+1) f^2, R/f, R/f) -> (B, w_f, R/f, R/f)
+                stages.append(nn.Sequential(*down, nn.Conv2d(prev_ch * step * step, widths[f], 3, 1, 1)))
+            else:       # (B, w, H, W) -> (B, w s^2, H/s, W/s) -> (B, w_f, H/s, W/s)
+                stages.append(nn.Sequential(nn.SiLU(), *down, nn.Conv2d(prev_ch * step * step, widths[f], 1)))
+            prev_ch, prev_f = widths[f], f
+        self.trunk = nn.ModuleList(stages)
+        # one 1x1 conv per fusion place: [h ; t] (B, c + w_f, H, W) -> (B, c, H, W), zero at init
+        self.fuse = nn.ModuleList(nn.Conv2d(c + widths[f], c, 1) for _, c, f in self.levels)
+        for conv in self.fuse:
+            nn.init.zeros_(conv.weight)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, image: torch.Tensor, known: torch.Tensor) -> dict[int, torch.Tensor]:
+        """-> {factor: t (B, w_f, R/f, R/f)}. Hole pixels are zeroed first, so whatever a
+        masked file paints into its holes (the suite's grey) never reaches the decoder."""
+        known = known.to(image.dtype)
+        x = torch.cat([image * known, known], 1)  # (B, C+1, R, R)
+        feats = {}
+        for f, stage in zip(self.factors, self.trunk):
+            x = stage(x)
+            feats[f] = x  # (B, w_f, R/f, R/f)
+        return feats
+
+    def decode(self, decoder: nn.Module, z: torch.Tensor, image: torch.Tensor,
+               known: torch.Tensor) -> torch.Tensor:
+        """`decoder.model` (an nn.Sequential) layer by layer on z, fusing the branch's features
+        after each layer of `levels`: h + m * W [h ; t]. Returns the decoder's output."""
+        feats = self(image, known)
+        known = known.float()
+        at = {index: i for i, (index, _, _) in enumerate(self.levels)}
+        h = z
+        for j, layer in enumerate(decoder.model):
+            h = layer(h)
+            if j in at:
+                _, _, f = self.levels[at[j]]
+                t = feats[f].to(h.dtype)                                 # (B, w_f, H, W)
+                m = (F.avg_pool2d(known, f) if f > 1 else known).to(h.dtype)  # (B, 1, H, W) in [0, 1]
+                h = h + m * self.fuse[at[j]](torch.cat([h, t], 1))       # (B, c, H, W)
+        return h
+
+
+def decoder_side(vq: nn.Module) -> list[nn.Module]:
+    """The modules that turn tokens into pixels: what conditional training fine-tunes."""
+    names = ("post_quant_conv", "decoder", "cond")
+    return [getattr(vq, n) for n in names if getattr(vq, n, None) is not None]
+
+
+def freeze_token_side(vq: nn.Module) -> list[nn.Parameter]:
+    """Freeze everything the token ids depend on (encoder, quant_conv, codebook) and return
+    the decoder side's parameters. Call `token_side_eval(vq)` after every `.train()`: an
+    EMA codebook would otherwise move its codes."""
+    vq.requires_grad_(False)
+    params = [p for m in decoder_side(vq) for p in m.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    return params
+
+
+def token_side_eval(vq: nn.Module) -> None:
+    for name in ("encoder", "quant_conv", "codebook"):
+        module = getattr(vq, name, None)
+        if module is not None:
+            module.eval()
+
+
+def token_side_state(vq: nn.Module) -> dict[str, torch.Tensor]:
+    """The state_dict entries the token ids depend on."""
+    return {k: v for k, v in vq.state_dict().items() if k.startswith(TOKEN_SIDE)}
+
+
+def same_tokens(a: nn.Module, b: nn.Module) -> bool:
+    """Whether two tokenizers give the same token ids: equal encoder side, bit for bit."""
+    sa, sb = token_side_state(a), token_side_state(b)
+    return sa.keys() == sb.keys() and all(
+        sa[k].shape == sb[k].shape and torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa)
+
+
+def load_tokenizer_weights(model: nn.Module, state: dict, source, verbose: bool = True) -> list[str]:
+    """`load_weights` (strict, one-line error on a misfit), except that a plain checkpoint
+    (no `cond.*` key at all) also fits a conditional model: its branch keys are new, keep
+    their initial state (zero fusion: the output is the plain decoder's), and are named in
+    one line. Returns the new keys."""
+    own = model.state_dict()
+    new = [k for k in own if k.startswith(BRANCH) and k not in state]
+    if not new or any(k.startswith(BRANCH) for k in state):
+        new = []  # a conditional checkpoint must hold its whole branch: strict as ever
+    state = {**state, **{k: own[k] for k in new}}
+    load_weights(model, state, source)
+    if new and verbose:
+        print(f"{source}: plain checkpoint, {len(new)} new conditional-branch keys start where the "
+              f"output equals the plain decoder's: {', '.join(new)}")
+    return new
+
+
+def count_branch(vq: nn.Module, image_resolution: int) -> tuple[int, int]:
+    """(parameters, multiply-accumulates per image) of the branch `vq.cond`: every conv of
+    the trunk and the fusion, counted from its weight shape and output size."""
+    branch = vq.cond
+    params = sum(p.numel() for p in branch.parameters())
+    macs, side = 0, image_resolution
+    for f, stage in zip(branch.factors, branch.trunk):
+        conv = stage[-1]
+        macs += conv.weight.numel() * (side // f) ** 2
+    for (_, _, f), conv in zip(branch.levels, branch.fuse):
+        macs += conv.weight.numel() * (side // f) ** 2
+    return params, macs
