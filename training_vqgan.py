@@ -9,7 +9,8 @@ The config's `architecture` picks the lab's VQGAN (the default) or CompactVQGAN.
 lasts `training.max_steps` optimizer steps (0: `epochs` epochs), with a linear warm-up and
 a cosine decay of the learning rate over them. Loss: L1 (+ optional L2) reconstruction,
 codebook + commitment, and from step `disc_start` an adaptively weighted hinge PatchGAN
-loss. Dead codebook entries are re-initialised from encoder outputs every `restart_every` steps.
+loss, with optional feature matching on the PatchGAN's activations (`fm_weight`). Dead
+codebook entries are re-initialised from encoder outputs every `restart_every` steps.
 Writes <out>/last.pt and <out>/best.pt (best val PSNR) atomically; --resume continues.
 Ctrl-C or SIGTERM finishes the current step, saves last.pt and exits with 130 / 143.
 """
@@ -28,7 +29,7 @@ from data import denormalize, normalization, normalize
 from data.sources import image_tensor
 from models.VQGAN import build_vqgan, codebook_usage
 from models.VQGAN.discriminator import Discriminator
-from models.VQGAN.losses import adopt_weight, generator_loss, hinge_d_loss
+from models.VQGAN.losses import adopt_weight, feature_matching_loss, generator_loss, hinge_d_loss
 from runtime.checkpoints import load_checkpoint, load_weights, save_checkpoint
 from runtime.distributed import (all_reduce_mean, check_replicas_identical, cleanup_distributed,
                                  epoch_order, init_distributed)
@@ -45,6 +46,8 @@ TRAIN_KEYS = ["epochs", "batch_size", "learning_rate", "betas", "l2_weight", "di
 # Step-counted recipe keys, with the values that keep older configs' behaviour: the
 # length from `epochs`, a constant learning rate.
 STEP_DEFAULTS = {"max_steps": 0, "warmup_steps": 0, "min_lr_ratio": 1.0}
+# Optional loss keys, off by default: feature matching on the PatchGAN while it trains.
+LOSS_DEFAULTS = {"fm_weight": 0.0}
 
 
 def parse_args(argv=None):
@@ -76,7 +79,7 @@ def parse_args(argv=None):
 def resolve_config(args) -> dict:
     cfg = load_config(args.config, args.set)
     require_keys(cfg, ["training"], args.config)
-    for k, v in STEP_DEFAULTS.items():
+    for k, v in {**STEP_DEFAULTS, **LOSS_DEFAULTS}.items():
         cfg["training"].setdefault(k, v)
     if args.epochs is not None and args.max_steps is not None:
         raise UserError("--epochs and --max-steps both set the run's length; pass one of them")
@@ -88,22 +91,33 @@ def resolve_config(args) -> dict:
     require_keys(cfg["training"], TRAIN_KEYS, f"{args.config} training")
     check_positive({f"training.{k}": cfg["training"][k] for k in ("batch_size", "learning_rate",
                                                                   "restart_every")}, args.config)
-    check_positive({f"training.{k}": cfg["training"][k] for k in STEP_DEFAULTS}, args.config, strict=False)
+    check_positive({f"training.{k}": cfg["training"][k] for k in {**STEP_DEFAULTS, **LOSS_DEFAULTS}},
+                   args.config, strict=False)
     return cfg
 
 
 def train_step(vq, disc, last_layer, opt_ae, opt_d, scaler, x, gan_weight: float,
-               l2_weight: float, device, precision: str, check=lambda loss: None, known=None):
+               l2_weight: float, device, precision: str, check=lambda loss: None, known=None,
+               fm_weight: float = 0.0):
     """One optimizer step of the autoencoder and, when `gan_weight` > 0, of the discriminator,
     on the normalised batch x (B, 3, R, R); with `known` (B, 1, R, R), 1 = known pixel, the
     reconstruction goes through the conditional decoder (training_conditional.py).
+    `fm_weight` > 0 adds feature matching on the discriminator while the GAN is on.
     `check(loss)` runs before any weight changes.
     Returns (the batch's code indices (B, r*r), a log dict of the losses)."""
+    matching = gan_weight > 0 and fm_weight > 0
+    fm_loss = logits_fake = None
     with autocast(device, precision):
         x_rec, indices, q_loss = vq(x) if known is None else vq(x, known)
-        logits_fake = disc(x_rec) if gan_weight > 0 else None
+        if matching:
+            logits_fake, feats_fake = disc(x_rec, features=True)
+            with torch.no_grad():
+                _, feats_real = disc(x, features=True)
+            fm_loss = feature_matching_loss(feats_fake, feats_real)
+        elif gan_weight > 0:
+            logits_fake = disc(x_rec)
     loss, log = generator_loss(x, x_rec.float(), q_loss.float(), logits_fake, last_layer,
-                               gan_weight, l2_weight)
+                               gan_weight, l2_weight, fm_loss, fm_weight)
     check(loss)
     opt_ae.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
@@ -221,7 +235,8 @@ def main(argv=None):
                 gan_w = adopt_weight(tc["disc_weight"], step, tc["disc_start"])
                 indices, log = train_step(vq_train, disc_train, vq.last_layer, opt_ae, opt_d, scaler,
                                           x, gan_w, tc["l2_weight"], device, precision,
-                                          lambda loss: check_finite(loss, step, out))
+                                          lambda loss: check_finite(loss, step, out),
+                                          fm_weight=tc["fm_weight"])
                 counts += torch.bincount(indices.flatten(), minlength=len(counts))
                 step += 1
                 if step % tc["restart_every"] == 0:

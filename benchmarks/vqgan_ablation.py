@@ -4,7 +4,8 @@ same number of steps (and the same seed, data order and LR schedule), scored on 
     python benchmarks/vqgan_ablation.py --data ../shared/datasets/cat_face --steps 375
 
 Prints a markdown table: val PSNR, L1, codebook usage and perplexity of each variant
-(`training_vqgan.evaluate` on the val folder) and its training time.
+(`training_vqgan.evaluate` on the val folder) and its training time. The variants' rFID:
+`python benchmarks/tokenizer_quality.py --ckpts runs/ablation/v*/last.pt`.
 """
 from __future__ import annotations
 
@@ -29,6 +30,9 @@ VARIANTS = {
     "no dead-code restarts": ["training.restart_every=1000000"],
     "GroupNorm (16 groups) in every block": ["norm_groups=16"],
     "PatchGAN from step 0 (weight 0.1)": ["training.disc_start=0"],
+    "PatchGAN weight 0.5": ["training.disc_weight=0.5"],
+    "no PatchGAN": ["training.disc_start=100000000"],
+    "feature matching on the PatchGAN (weight 1)": ["training.fm_weight=1.0"],
 }
 
 

@@ -1,4 +1,10 @@
-"""PatchGAN discriminator (pix2pix style): one real/fake logit per image patch."""
+"""PatchGAN discriminator (pix2pix style): one real/fake logit per image patch.
+
+`forward(x, features=True)` also returns the activation after every LeakyReLU, for the
+feature-matching loss (losses.feature_matching_loss): a perceptual signal from our own
+discriminator, trained on our own images, never from the FID network.
+"""
+import torch
 import torch.nn as nn
 
 
@@ -21,5 +27,14 @@ class Discriminator(nn.Module):
                 nn.init.normal_(m.weight, 1.0, 0.02)
                 nn.init.zeros_(m.bias)
 
-    def forward(self, x):  # (B, 3, R, R) -> (B, 1, R', R') patch logits
-        return self.model(x)
+    def forward(self, x: torch.Tensor, features: bool = False):
+        """x (B, 3, R, R) -> patch logits (B, 1, R', R'); with `features`, (logits, the
+        list of activations after each LeakyReLU, coarser as it goes)."""
+        if not features:
+            return self.model(x)
+        feats = []
+        for layer in self.model:
+            x = layer(x)
+            if isinstance(layer, nn.LeakyReLU):
+                feats.append(x)
+        return x, feats

@@ -1,4 +1,5 @@
-"""Stage-1 losses: reconstruction, codebook and an adaptively weighted hinge GAN loss."""
+"""Stage-1 losses: reconstruction, codebook, an adaptively weighted hinge GAN loss and
+feature matching on the discriminator."""
 import torch
 import torch.nn.functional as F
 
@@ -29,9 +30,19 @@ def reconstruction_loss(x: torch.Tensor, x_rec: torch.Tensor, l2_weight: float) 
     return loss
 
 
+def feature_matching_loss(feats_fake: list[torch.Tensor], feats_real: list[torch.Tensor]) -> torch.Tensor:
+    """Mean over the discriminator's layers of the L1 distance between its activations on
+    the reconstruction and on the real image (pix2pixHD, Wang et al. 2018). Unlike the hinge
+    term it does not saturate when the discriminator wins; the real side carries no gradient."""
+    return torch.stack([(f.float() - r.detach().float()).abs().mean()
+                        for f, r in zip(feats_fake, feats_real)]).mean()
+
+
 def generator_loss(x, x_rec, q_loss, logits_fake, last_layer, gan_weight: float,
-                   l2_weight: float = 0.0):
-    """Autoencoder objective. Returns (loss, log dict); `gan_weight` 0 skips the GAN term."""
+                   l2_weight: float = 0.0, fm_loss: torch.Tensor | None = None,
+                   fm_weight: float = 0.0):
+    """Autoencoder objective. Returns (loss, log dict); `gan_weight` 0 skips the GAN term,
+    `fm_weight` 0 (or no `fm_loss`) the feature-matching term."""
     rec = reconstruction_loss(x, x_rec, l2_weight)
     loss = rec + q_loss
     log = {"rec": rec.item(), "q": q_loss.item()}
@@ -40,4 +51,7 @@ def generator_loss(x, x_rec, q_loss, logits_fake, last_layer, gan_weight: float,
         lam = adaptive_gan_weight(rec, g_loss, last_layer)
         loss = loss + gan_weight * lam * g_loss
         log.update(g=g_loss.item(), lam=lam.item())
+    if fm_weight > 0 and fm_loss is not None:
+        loss = loss + fm_weight * fm_loss
+        log["fm"] = fm_loss.item()
     return loss, log
