@@ -47,11 +47,11 @@ from runtime.checkpoints import load_checkpoint, load_weights, save_checkpoint
 from runtime.distributed import (all_reduce_mean, check_replicas_identical, cleanup_distributed,
                                  epoch_order, init_distributed)
 from runtime.lr_schedule import lr_factor
-from runtime.precision import CHOICES as PRECISIONS, resolve_precision
+from runtime.precision import resolve_precision
 from runtime.rng import all_rng_states, restore_rng, seed_everything
 from runtime.run_log import RunLogger
 from runtime.stopping import GracefulStop, check_finite
-from training_vqgan import train_step
+from training_vqgan import add_run_args, train_step
 from utils import (UserError, apply_overrides, check_positive, ensure_writable_dir, load_config,
                    require_keys, resolve_path, run_cli)
 
@@ -68,25 +68,8 @@ def parse_args(argv=None):
     p.add_argument("--init", default=None, help="the VQGAN to start from (overrides the config's init)")
     p.add_argument("--vqgan-config", default=None,
                    help="builds an --init that is a plain state_dict (the lab's VQGAN.pt)")
-    p.add_argument("--data", default=None, help="training image folder (default: generated data)")
-    p.add_argument("--val-data", default=None, help="validation image folder")
     p.add_argument("--out", default="checkpoints/vqgan_conditional", help="checkpoint folder")
-    p.add_argument("--max-steps", type=int, help="overrides training.max_steps, the recipe's length")
-    p.add_argument("--batch-size", type=int, help="per-process batch; overrides training.batch_size")
-    p.add_argument("--learning-rate", type=float, help="overrides training.learning_rate")
-    p.add_argument("--precision", choices=PRECISIONS,
-                   help="overrides training.precision; auto: bf16 where the hardware runs it natively")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if present)")
-    p.add_argument("--partial", type=float, default=None, help="use this fraction of the data")
-    p.add_argument("--on-bad-image", choices=["error", "skip"], default="error")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from <out>/last.pt (from --init if there is none yet)")
-    p.add_argument("--ckpt-interval", "--save-every-steps", dest="ckpt_interval", type=int, default=0,
-                   help="also write last.pt every N steps")
-    p.add_argument("--time-budget", type=float, default=0,
-                   help="safety stop after this many minutes (the run is then a prefix of the recipe)")
-    p.add_argument("--use_wandb", action="store_true")
+    add_run_args(p, resume_from="from --init")
     return p.parse_args(argv)
 
 

@@ -53,10 +53,16 @@ LOSS_DEFAULTS = {"fm_weight": 0.0}
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/VQGAN_tiny.yml")
-    p.add_argument("--data", default=None, help="training image folder (default: generated data)")
-    p.add_argument("--val-data", default=None, help="validation image folder")
     p.add_argument("--out", default="checkpoints/vqgan", help="checkpoint folder")
     p.add_argument("--epochs", type=int, help="train this many epochs instead of training.max_steps")
+    add_run_args(p, resume_from="from scratch")
+    return p.parse_args(argv)
+
+
+def add_run_args(p: argparse.ArgumentParser, resume_from: str) -> None:
+    """The flags of a stage-1 run that this trainer and training_conditional.py share."""
+    p.add_argument("--data", default=None, help="training image folder (default: generated data)")
+    p.add_argument("--val-data", default=None, help="validation image folder")
     p.add_argument("--max-steps", type=int, help="overrides training.max_steps, the recipe's length")
     p.add_argument("--batch-size", type=int, help="per-process batch; overrides training.batch_size")
     p.add_argument("--learning-rate", type=float, help="overrides training.learning_rate")
@@ -67,13 +73,12 @@ def parse_args(argv=None):
     p.add_argument("--partial", type=float, default=None, help="use this fraction of the data")
     p.add_argument("--on-bad-image", choices=["error", "skip"], default="error")
     p.add_argument("--resume", action="store_true",
-                   help="continue from <out>/last.pt (from scratch if there is none yet)")
+                   help=f"continue from <out>/last.pt ({resume_from} if there is none yet)")
     p.add_argument("--ckpt-interval", "--save-every-steps", dest="ckpt_interval", type=int, default=0,
                    help="also write last.pt every N steps")
     p.add_argument("--time-budget", type=float, default=0,
                    help="safety stop after this many minutes (the run is then a prefix of the recipe)")
     p.add_argument("--use_wandb", action="store_true")
-    return p.parse_args(argv)
 
 
 def resolve_config(args) -> dict:
