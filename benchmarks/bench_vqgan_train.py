@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import Row, generated_images, interleaved, machine, table  # noqa: E402
 from models.VQGAN import build_vqgan  # noqa: E402
 from models.VQGAN.discriminator import Discriminator  # noqa: E402
-from runtime.precision import cpu_kind, resolve_device, resolve_precision  # noqa: E402
+from runtime.precision import resolve_device, resolve_precision  # noqa: E402
 from training_vqgan import train_step  # noqa: E402
 from utils import load_config  # noqa: E402
 
@@ -99,7 +99,7 @@ def run(device=None, quick: bool = False) -> list[Row]:
     rows = []
     for name, fn in steps.items():
         ips = fn.batch / seconds[name]
-        rows.append(Row(f"VQGAN train step, {name}", ips, base, "images/s",
+        rows.append(Row(f"VQGAN train step, {name}", ips, base, "images/s", precision=fn.precision,
                         note=f"batch {fn.batch}, {fn.train_flops * ips / 1e9:.0f} GFLOP/s, "
                              f"{fn.train_flops / 1e9:.2f} GFLOP/image"))
     return rows
@@ -122,7 +122,7 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
     info = machine(resolve_device(args.device))
-    print(", ".join(f"{k}: {v}" for k, v in info.items()) + f", cpu kind: {cpu_kind()}")
+    print(", ".join(f"{k}: {v}" for k, v in info.items()))
     rows = run(args.device, args.quick)
     print(table(rows))
     print(f"vqgan train speedup: {rows[1].ratio:.2f}x")

@@ -25,3 +25,4 @@ def test_quick_run_compares_both_recipes():
     for r in rows:
         assert r.unit == "images/s" and math.isfinite(r.ours) and r.ours > 0 and r.ratio > 0
         assert "GFLOP/s" in r.note and "GFLOP/image" in r.note
+    assert rows[0].precision == "fp32" and all(r.precision in ("fp32", "bf16", "fp16") for r in rows)

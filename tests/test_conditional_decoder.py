@@ -26,7 +26,7 @@ from data.mask_mix import MaskMix, check_mix
 from data.masks import HOLE_FRACTION
 from data.sources import image_tensor
 from models.VQGAN import VQGAN, build_vqgan
-from models.VQGAN.conditional import count_branch, load_tokenizer_weights, token_side_state
+from models.VQGAN.conditional import TOKEN_SIDE, count_branch, load_tokenizer_weights, token_side_state
 from models.VQGAN_Transformer import MaskGit, load_vqgan
 from runtime.checkpoints import load_checkpoint, save_checkpoint
 from utils import UserError, load_config, run_cli
@@ -254,6 +254,19 @@ def test_training_keeps_the_tokens_and_trains_the_decoder_side(setup, runs):
     assert tokens and all(torch.equal(ck["model"][k], start[k]) for k in tokens)  # bit for bit
     assert not torch.equal(ck["model"]["decoder.model.0.weight"], start["decoder.model.0.weight"])
     assert ck["model"]["cond.fuse.0.weight"].abs().max() > 0
+
+
+def test_training_runs_on_a_plain_lab_style_state_dict(setup, tiny_vq_ckpt, tmp_path):
+    """The lab's VQGAN.pt case: a plain state_dict built from --vqgan-config; only the decoder
+    side moves, the token side stays bit for bit."""
+    _, _, data = setup
+    out = train(tmp_path, recipe(tmp_path, "lab", 3), tmp_path / "lab", tiny_vq_ckpt, data,
+                "--vqgan-config", str(VQ_TINY))
+    start, ck = load_checkpoint(tiny_vq_ckpt), load_checkpoint(out / "last.pt")
+    assert ck["step"] == 3 and ck["config"]["conditional"] is True
+    token_keys = [k for k in start if k.startswith(TOKEN_SIDE)]
+    assert token_keys and all(torch.equal(ck["model"][k], start[k]) for k in token_keys)
+    assert any(not torch.equal(ck["model"][k], start[k]) for k in start if k.startswith("decoder."))
 
 
 def test_step_zero_logs_the_plain_decoder(runs):
