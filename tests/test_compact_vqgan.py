@@ -161,3 +161,13 @@ def test_a_tiny_run_of_the_recipe_lowers_its_loss(tmp_path):
     assert lines[-1]["step"] == 40
     assert lines[-1]["val_l1"] < 0.7 * untrained
     assert lines[-1]["val_usage"] > 0.5
+
+
+def test_ema_updates_run_under_bf16_autocast():
+    """The EMA sums stay fp32 when the encoder output is bf16 (a crash before)."""
+    torch.manual_seed(0)
+    cb = FactorizedCodebook(8, 4, 0.25, ema_decay=0.9).train()
+    before = cb.ema_sum.clone()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cb(torch.randn(2, 4, 4, 4).to(torch.bfloat16))
+    assert cb.ema_sum.dtype == torch.float32 and not torch.equal(cb.ema_sum, before)

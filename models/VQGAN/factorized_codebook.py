@@ -61,8 +61,10 @@ class FactorizedCodebook(nn.Module):
 
     @torch.no_grad()
     def _ema_update(self, z_flat: torch.Tensor, indices: torch.Tensor) -> None:
-        onehot = F.one_hot(indices, self.num_codebook_vectors).type(z_flat.dtype)  # (M, K)
-        count, total = onehot.sum(0), onehot.t() @ z_flat  # (K,), (K, d)
+        z_flat = z_flat.float()  # the running sums stay fp32, also under bf16 autocast
+        onehot = F.one_hot(indices, self.num_codebook_vectors).float()  # (M, K)
+        with torch.autocast(z_flat.device.type, enabled=False):
+            count, total = onehot.sum(0), onehot.t() @ z_flat  # (K,), (K, d)
         if is_distributed():  # every replica must take the same step
             import torch.distributed as dist
             dist.all_reduce(count), dist.all_reduce(total)
