@@ -61,7 +61,7 @@ def parse_args(argv=None):
                         "autocast), else fp32")
     p.add_argument("--int8", action="store_true",
                    help="approximate, CPU fp32 only: the transformer's linears in dynamic int8 "
-                        "(models/Transformer/int8.py); its FID effect on the cat-face recipe: 56.53 vs fp32 56.43 (README)")
+                        "(models/Transformer/int8.py); its measured FID effect is in the README")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=".", help="folder for test_results/, mask_scheduling/, imga/")
     p.add_argument("--save-steps", type=int, default=1, help="step pictures for the first N images")
