@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import (bench_fast_paths, bench_inpaint, bench_precision,  # noqa: E402
-                        bench_token_cache, bench_train, bench_vqgan_train)
+from benchmarks import (bench_conditional_decode, bench_fast_paths, bench_inpaint,  # noqa: E402
+                        bench_precision, bench_token_cache, bench_train, bench_vqgan_train)
 from benchmarks.common import Row, add_common_args, machine, table  # noqa: E402
 from runtime.precision import resolve_device  # noqa: E402
 
@@ -36,8 +36,8 @@ the kind it runs on and keeps every other section and note.
 """
 ROOT_RUNS = Path(__file__).resolve().parents[1] / "runs"
 # every benchmark, in the order they run; bf16-quality needs --quality-ckpt and --masked-dir
-SECTIONS = ("inpainting", "fast-paths", "training", "vqgan-training", "token-cache", "fid",
-            "bf16-quality")
+SECTIONS = ("inpainting", "fast-paths", "conditional-decode", "training", "vqgan-training",
+            "token-cache", "fid", "bf16-quality")
 
 
 def fid_rows(quick: bool) -> list[Row]:
@@ -126,6 +126,7 @@ def main(argv=None):
         "inpainting": lambda: bench_inpaint.run(device, args.config, args.quick),
         "fast-paths": lambda: bench_fast_paths.run(device, args.config, args.quick,
                                                    compile_=not args.quick),
+        "conditional-decode": lambda: bench_conditional_decode.run(device, args.quick),
         "training": lambda: bench_train.run(device, args.config, args.quick),
         "vqgan-training": lambda: bench_vqgan_train.run(device, args.quick),
         "token-cache": lambda: bench_token_cache.run(device, "tiny", args.quick),
