@@ -91,9 +91,10 @@ def parse_args(argv=None):
 
 
 def resolve_config(args) -> dict:
-    cfg = load_config(args.MaskGitConfig, args.set)
+    cfg = load_config(args.MaskGitConfig)
     require_keys(cfg, ["model_param", "train_param"], args.MaskGitConfig)
     cfg["train_param"].setdefault("max_steps", 0)  # configs older than step-counted recipes
+    cfg = apply_overrides(cfg, args.set, where=str(args.MaskGitConfig))  # --set reaches max_steps too
     if args.epochs is not None and args.max_steps is not None:
         raise UserError("--epochs and --max-steps both set the run's length; pass one of them")
     if args.epochs is not None:  # a length in epochs replaces the config's step count

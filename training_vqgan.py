@@ -82,10 +82,12 @@ def add_run_args(p: argparse.ArgumentParser, resume_from: str) -> None:
 
 
 def resolve_config(args) -> dict:
-    cfg = load_config(args.config, args.set)
+    cfg = load_config(args.config)
     require_keys(cfg, ["training"], args.config)
     for k, v in {**STEP_DEFAULTS, **LOSS_DEFAULTS}.items():
         cfg["training"].setdefault(k, v)
+    # after the defaults, so that --set reaches an optional key the file leaves out
+    cfg = apply_overrides(cfg, args.set, where=str(args.config))
     if args.epochs is not None and args.max_steps is not None:
         raise UserError("--epochs and --max-steps both set the run's length; pass one of them")
     # --epochs asks for a length in epochs, so it replaces the config's step count

@@ -3,8 +3,9 @@ same number of steps (and the same seed, data order and LR schedule), scored on 
 
     python benchmarks/vqgan_ablation.py --data ../shared/datasets/cat_face --steps 375
 
-Prints a markdown table: val PSNR, L1, codebook usage and perplexity of each variant
-(`training_vqgan.evaluate` on the val folder) and its training time. The variants' rFID:
+Prints a markdown table, also written to <out>/ablation.md after every variant: val PSNR,
+L1, codebook usage and perplexity of each variant (`training_vqgan.evaluate` on the val
+folder) and its training time. The variants' rFID:
 `python benchmarks/tokenizer_quality.py --ckpts runs/ablation/v*/last.pt`.
 """
 from __future__ import annotations
@@ -36,21 +37,41 @@ VARIANTS = {
 }
 
 
+def variant_args(name: str, data: Path, steps: int, out: Path) -> list[str]:
+    """training_vqgan's command line for one variant."""
+    # warm-up and the GAN start scale with the run, so a short run is the recipe in small
+    sets = [f"training.warmup_steps={max(1, steps // 40)}", *VARIANTS[name]]
+    if not any(s.startswith("training.disc_start") for s in sets):
+        sets.append(f"training.disc_start={int(0.7 * steps)}")
+    return ["--config", str(CONFIG), "--data", str(data / "train"), "--val-data", str(data / "val"),
+            "--out", str(out / f"v{list(VARIANTS).index(name)}"), "--max-steps", str(steps),
+            "--set", *sets]
+
+
+def markdown(rows: list[dict], steps: int) -> str:
+    lines = [f"{steps} steps of batch 32 each, CPU kind {cpu_kind()}", "",
+             "| variant | val PSNR (dB) | val L1 | codebook usage | perplexity | minutes |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['variant']} | {r['val_psnr']:.2f} | {r['val_l1']:.4f} | {100 * r['val_usage']:.1f}% "
+              f"| {r['val_perplexity']:.0f} | {r['minutes']:.1f} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
 def run(data: Path, steps: int, out: Path, names: list[str]) -> list[dict]:
+    """Train every variant of `names` in turn; the table so far is rewritten to
+    out/ablation.md after each, so a stop keeps the finished rows."""
+    for name in names:  # every variant's config is checked before the first one trains
+        training_vqgan.resolve_config(training_vqgan.parse_args(variant_args(name, data, steps, out)))
     rows = []
     for name in names:
-        run_dir = out / f"v{list(VARIANTS).index(name)}"
-        # warm-up and the GAN start scale with the run, so a short run is the recipe in small
-        sets = [f"training.warmup_steps={max(1, steps // 40)}", *VARIANTS[name]]
-        if not any(s.startswith("training.disc_start") for s in sets):
-            sets.append(f"training.disc_start={int(0.7 * steps)}")
+        argv = variant_args(name, data, steps, out)
         t = time.time()
-        training_vqgan.main(["--config", str(CONFIG), "--data", str(data / "train"),
-                             "--val-data", str(data / "val"), "--out", str(run_dir),
-                             "--max-steps", str(steps), "--set", *sets])
+        training_vqgan.main(argv)
+        run_dir = Path(argv[argv.index("--out") + 1])
         last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
         rows.append({"variant": name, "minutes": (time.time() - t) / 60, **last})
         print(f"{name}: PSNR {last['val_psnr']:.2f}", flush=True)
+        (out / "ablation.md").write_text(markdown(rows, steps))
     return rows
 
 
@@ -63,11 +84,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     names = [n for i, n in enumerate(VARIANTS) if args.only is None or i in args.only]
     rows = run(Path(args.data), args.steps, Path(args.out), names)
-    print(f"\n{args.steps} steps of batch 32 each, CPU kind {cpu_kind()}\n")
-    print("| variant | val PSNR (dB) | val L1 | codebook usage | perplexity | minutes |\n|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['variant']} | {r['val_psnr']:.2f} | {r['val_l1']:.4f} | "
-              f"{100 * r['val_usage']:.1f}% | {r['val_perplexity']:.0f} | {r['minutes']:.1f} |")
+    print("\n" + markdown(rows, args.steps))
 
 
 if __name__ == "__main__":

@@ -24,17 +24,22 @@ def load_vqgan(config_path, ckpt_path=None) -> tuple[nn.Module, dict]:
     Returns (model in eval mode, its config).
 
     Accepts our training checkpoints (a dict holding 'model' and 'config', which wins
-    over `config_path`) and the lab's plain state_dict VQGAN.pt (built from `config_path`);
+    over `config_path`, which may then be None) and the lab's plain state_dict VQGAN.pt
+    (built from `config_path`);
     a plain checkpoint into a conditional config names the branch's new keys.
     """
-    config_path = resolve_path(config_path)
+    config_path = resolve_path(config_path) if config_path else None
     ckpt_path = resolve_path(ckpt_path) if ckpt_path else None
     state = load_checkpoint(ckpt_path) if ckpt_path else None
     if state is not None and "model" in state and "config" in state:
         cfg, state = state["config"], state["model"]
+    elif config_path is None:
+        raise UserError(f"{ckpt_path or 'no VQGAN checkpoint given'}: no VQGAN config to build it from "
+                        f"(a plain state_dict such as the lab's VQGAN.pt carries none); give its config, "
+                        f"e.g. configs/VQGAN.yml")
     else:
         cfg = load_config(config_path)
-    model = build_vqgan(cfg, where=str(config_path))
+    model = build_vqgan(cfg, where=str(config_path or ckpt_path))
     if state is not None:
         load_tokenizer_weights(model, state, ckpt_path)
     return model.eval().requires_grad_(False), cfg

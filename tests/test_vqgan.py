@@ -88,6 +88,17 @@ def test_load_vqgan_accepts_both_checkpoint_styles(vq_tiny_cfg, tmp_path, style)
         assert torch.equal(v, model.state_dict()[k]), k
 
 
+def test_load_vqgan_without_config_path(vq_tiny_cfg, tmp_path):
+    src = tiny_vqgan(vq_tiny_cfg, seed=3)
+    save_checkpoint({"model": src.state_dict(), "config": vq_tiny_cfg}, tmp_path / "ours.pt")
+    model, cfg = load_vqgan(None, tmp_path / "ours.pt")  # our checkpoints carry their config
+    assert cfg == vq_tiny_cfg and torch.equal(model.state_dict()["codebook.embedding.weight"],
+                                              src.state_dict()["codebook.embedding.weight"])
+    save_checkpoint(src.state_dict(), tmp_path / "plain.pt")
+    with pytest.raises(UserError, match=r"plain\.pt: no VQGAN config .*configs/VQGAN\.yml"):
+        load_vqgan(None, tmp_path / "plain.pt")
+
+
 def test_load_vqgan_wrong_shapes_is_user_error(vq_tiny_cfg, tmp_path):
     vq_tiny_cfg["num_codebook_vectors"] = 32
     save_checkpoint(tiny_vqgan(vq_tiny_cfg).state_dict(), tmp_path / "vq.pt")
