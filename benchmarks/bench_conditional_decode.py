@@ -15,13 +15,11 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import Row, interleaved_wall_cpu, machine, table  # noqa: E402
-from data import lab_mask, make_synthetic_images  # noqa: E402
+from benchmarks.common import Row, interleaved_wall_cpu, machine, masked_batch, table  # noqa: E402
 from models.VQGAN import build_vqgan  # noqa: E402
 from models.VQGAN.conditional import count_branch, load_tokenizer_weights  # noqa: E402
 from runtime.precision import autocast, resolve_device, resolve_precision  # noqa: E402
@@ -53,12 +51,8 @@ def run(device=None, quick: bool = False, batch: int | None = None,
     for name in names or MODELS:
         cfg = load_config(CONFIGS / MODELS[name])
         plain, cond = models(cfg, CONFIGS / MODELS[name], device)
-        res, r = cfg["img_resolution"], cfg["latent_resolution"]
-        images = torch.from_numpy(make_synthetic_images(batch, res, 0, "test")).permute(0, 3, 1, 2)
-        image = images.float().to(device) / 127.5 - 1  # (B, 3, R, R) in [-1, 1]
-        rng = np.random.default_rng(0)
-        known = torch.from_numpy(np.stack([lab_mask(rng, res) for _ in range(batch)]) > 0)
-        known = known[:, None].float().to(device)  # (B, 1, R, R), 1 = known
+        image, known = masked_batch(cfg, batch, device)  # (B, 3, R, R), (B, 1, R, R)
+        r = cfg["latent_resolution"]
         indices = torch.randint(0, cfg["num_codebook_vectors"], (batch, r * r), device=device)
 
         def decode(vq, *cond_inputs):
@@ -69,7 +63,7 @@ def run(device=None, quick: bool = False, batch: int | None = None,
             fn()  # warm-up: kernel choice and allocator
         wall, cpu = interleaved_wall_cpu(fns, device, 2 if quick else 5)
         ms = {k: 1e3 * v / batch for k, v in wall.items()}
-        params, macs = count_branch(cond, res)
+        params, macs = count_branch(cond, cfg["img_resolution"])
         rows.append(Row(f"VQGAN decode, conditional vs plain, {name}, batch {batch}", ms["conditional"],
                         ms["plain"], "ms/image", higher=False, precision=precision,
                         note=f"+{ms['conditional'] - ms['plain']:.2f} ms per image "

@@ -125,7 +125,7 @@ def run(device=None, config: str = "lab", quick: bool = False, batch: int | None
     repeats = 1 if quick else 3
     check_images = check_images or min(batch, 2 if quick else 4)
     model = build_maskgit(device, config)
-    images, known = masked_batch(model, batch, device)
+    images, known = masked_batch(model.vq_config, batch, device)
     tokens = model.masked_tokens(images, known)
     only = tokens == model.mask_token_id
     rows = []

@@ -75,7 +75,7 @@ def run(device=None, config: str = "lab", quick: bool = False, batch: int | None
     # long as ours: this VM's speed drifts by 10-25% over tens of seconds
     lab_images = min(batch, 1 if quick else 4)
     model = build_maskgit(device, config)
-    images, known = masked_batch(model, batch, device)
+    images, known = masked_batch(model.vq_config, batch, device)
     tokens = model.masked_tokens(images, known)  # fp32: the input of every variant
     factory = lambda: autocast(device, precision)
     ours_fused = fused_attention(device, precision, training=False)

@@ -54,13 +54,14 @@ def build_maskgit(device, config: str = "lab", seed: int = 0, vq_ckpt=None) -> M
     return model
 
 
-def masked_batch(model: MaskGit, n: int, device, seed: int = 0):
-    """n generated images normalised (n, 3, R, R) with lab brush masks (n, 1, R, R), 1 = known."""
-    res = model.vq_config["img_resolution"]
+def masked_batch(vq_config: dict, n: int, device, seed: int = 0):
+    """n generated images (n, 3, R, R), normalised as the VQGAN config says, with lab brush
+    masks (n, 1, R, R), 1 = known."""
+    res = vq_config["img_resolution"]
     images = torch.from_numpy(make_synthetic_images(n, res, seed, "test")).permute(0, 3, 1, 2)
     rng = np.random.default_rng(seed)
     known = torch.from_numpy(np.stack([lab_mask(rng, res) for _ in range(n)]) > 0)
-    mean, std = normalization(model.vq_config, "test")
+    mean, std = normalization(vq_config, "test")
     images = normalize(images.float() / 255, mean, std)
     return images.to(device), known[:, None].float().to(device)
 

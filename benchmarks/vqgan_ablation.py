@@ -37,6 +37,10 @@ VARIANTS = {
 }
 
 
+def variant_dir(name: str, out: Path) -> Path:
+    return out / f"v{list(VARIANTS).index(name)}"
+
+
 def variant_args(name: str, data: Path, steps: int, out: Path) -> list[str]:
     """training_vqgan's command line for one variant."""
     # warm-up and the GAN start scale with the run, so a short run is the recipe in small
@@ -44,7 +48,7 @@ def variant_args(name: str, data: Path, steps: int, out: Path) -> list[str]:
     if not any(s.startswith("training.disc_start") for s in sets):
         sets.append(f"training.disc_start={int(0.7 * steps)}")
     return ["--config", str(CONFIG), "--data", str(data / "train"), "--val-data", str(data / "val"),
-            "--out", str(out / f"v{list(VARIANTS).index(name)}"), "--max-steps", str(steps),
+            "--out", str(variant_dir(name, out)), "--max-steps", str(steps),
             "--set", *sets]
 
 
@@ -64,11 +68,9 @@ def run(data: Path, steps: int, out: Path, names: list[str]) -> list[dict]:
         training_vqgan.resolve_config(training_vqgan.parse_args(variant_args(name, data, steps, out)))
     rows = []
     for name in names:
-        argv = variant_args(name, data, steps, out)
         t = time.time()
-        training_vqgan.main(argv)
-        run_dir = Path(argv[argv.index("--out") + 1])
-        last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+        training_vqgan.main(variant_args(name, data, steps, out))
+        last = json.loads((variant_dir(name, out) / "metrics.jsonl").read_text().splitlines()[-1])
         rows.append({"variant": name, "minutes": (time.time() - t) / 60, **last})
         print(f"{name}: PSNR {last['val_psnr']:.2f}", flush=True)
         (out / "ablation.md").write_text(markdown(rows, steps))
