@@ -11,8 +11,9 @@ is built from --vqgan-config) with `conditional: true`: the branch of
 models/VQGAN/conditional.py, whose new `cond.*` weights start where the output equals the
 plain decoder's. The encoder, quant_conv and codebook are frozen, so token ids, token caches
 and stage-2 checkpoints stay valid; the decoder, post_quant_conv and the branch train with
-the stage-1 losses (L1 + optional L2, the codebook term (constant here), and from
-`disc_start` the adaptively weighted hinge PatchGAN; no FID network in any loss). Every
+the stage-1 losses (L1 + optional L2, with the hole pixels weighted by `hole_weight`; the
+codebook term (constant here); from `disc_start` the adaptively weighted hinge PatchGAN;
+no FID network in any loss). Every
 image gets a mask from the config's `masks` mix (data/mask_mix.py: lab-like, box,
 outpaint, all-hole, hole-free). Validation decodes the val images' own tokens under the
 lab-like masks `python -m data.masks --kind lab --seed 0` gives them, and logs PSNR of the
@@ -57,8 +58,8 @@ from utils import (UserError, apply_overrides, check_positive, ensure_writable_d
 
 RECIPE_KEYS = ["init", "vqgan_config", "masks", "mask_bank", "val_images", "training"]
 TRAIN_KEYS = ["max_steps", "warmup_steps", "min_lr_ratio", "batch_size", "learning_rate", "betas",
-              "l2_weight", "disc_start", "disc_weight", "disc_channels", "disc_layers", "precision",
-              "seed"]
+              "l2_weight", "hole_weight", "disc_start", "disc_weight", "disc_channels", "disc_layers",
+              "precision", "seed"]
 VAL_MASK_SEED = 0  # the suite's masked val set: lab-like masks, seed 0
 
 
@@ -93,7 +94,8 @@ def resolve_config(args) -> tuple[dict, dict, Path]:
     if set(tc) - set(TRAIN_KEYS):
         raise UserError(f"unknown key(s) {', '.join(sorted(set(tc) - set(TRAIN_KEYS)))} in "
                         f"{args.config} training; known: {', '.join(TRAIN_KEYS)}")
-    check_positive({f"training.{k}": tc[k] for k in ("max_steps", "batch_size", "learning_rate")},
+    check_positive({f"training.{k}": tc[k] for k in ("max_steps", "batch_size", "learning_rate",
+                                                     "hole_weight")},
                    args.config)
     check_positive({f"training.{k}": tc[k] for k in ("warmup_steps", "min_lr_ratio")}, args.config,
                    strict=False)
@@ -242,11 +244,14 @@ def main(argv=None):
                 gan_w = adopt_weight(tc["disc_weight"], step, tc["disc_start"])
                 _, log = train_step(vq_train, disc_train, vq.last_layer, opt_ae, opt_d, scaler, x,
                                     gan_w, tc["l2_weight"], device, precision,
-                                    lambda loss: check_finite(loss, step, out), known=known)
+                                    lambda loss: check_finite(loss, step, out), known=known,
+                                    hole_weight=tc["hole_weight"])
                 step += 1
                 bar.set_postfix({k: f"{v:.3g}" for k, v in log.items()})
                 stopping = stop.after_step(step, args.ckpt_interval,
                                            lambda: checkpoint(out / "last.pt", b_idx + 1))
+                if args.keep_every and step % args.keep_every == 0:
+                    checkpoint(out / f"step_{step:06d}.pt", b_idx + 1)
                 if stopping or step == total_steps:
                     break
             if stopping:

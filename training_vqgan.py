@@ -76,6 +76,9 @@ def add_run_args(p: argparse.ArgumentParser, resume_from: str) -> None:
                    help=f"continue from <out>/last.pt ({resume_from} if there is none yet)")
     p.add_argument("--ckpt-interval", "--save-every-steps", dest="ckpt_interval", type=int, default=0,
                    help="also write last.pt every N steps")
+    p.add_argument("--keep-every", type=int, default=0, metavar="N",
+                   help="also keep a copy <out>/step_<step>.pt every N steps, for a curve "
+                        "against steps (benchmarks/tokenizer_quality.py)")
     p.add_argument("--time-budget", type=float, default=0,
                    help="safety stop after this many minutes (the run is then a prefix of the recipe)")
     p.add_argument("--use_wandb", action="store_true")
@@ -105,10 +108,11 @@ def resolve_config(args) -> dict:
 
 def train_step(vq, disc, last_layer, opt_ae, opt_d, scaler, x, gan_weight: float,
                l2_weight: float, device, precision: str, check=lambda loss: None, known=None,
-               fm_weight: float = 0.0):
+               fm_weight: float = 0.0, hole_weight: float = 1.0):
     """One optimizer step of the autoencoder and, when `gan_weight` > 0, of the discriminator,
     on the normalised batch x (B, 3, R, R); with `known` (B, 1, R, R), 1 = known pixel, the
-    reconstruction goes through the conditional decoder (training_conditional.py).
+    reconstruction goes through the conditional decoder (training_conditional.py), and its
+    hole pixels weigh `hole_weight` in the reconstruction loss (the known ones 1).
     `fm_weight` > 0 adds feature matching on the discriminator while the GAN is on.
     `check(loss)` runs before any weight changes.
     Returns (the batch's code indices (B, r*r), a log dict of the losses)."""
@@ -123,8 +127,9 @@ def train_step(vq, disc, last_layer, opt_ae, opt_d, scaler, x, gan_weight: float
             fm_loss = feature_matching_loss(feats_fake, feats_real)
         elif gan_weight > 0:
             logits_fake = disc(x_rec)
+    pixel_weight = None if known is None or hole_weight == 1 else known + hole_weight * (1 - known)
     loss, log = generator_loss(x, x_rec.float(), q_loss.float(), logits_fake, last_layer,
-                               gan_weight, l2_weight, fm_loss, fm_weight)
+                               gan_weight, l2_weight, fm_loss, fm_weight, pixel_weight)
     check(loss)
     opt_ae.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
@@ -257,6 +262,8 @@ def main(argv=None):
                 bar.set_postfix({k: f"{v:.3g}" for k, v in log.items()})
                 stopping = stop.after_step(step, args.ckpt_interval,
                                            lambda: checkpoint(out / "last.pt", b_idx + 1))
+                if args.keep_every and step % args.keep_every == 0:
+                    checkpoint(out / f"step_{step:06d}.pt", b_idx + 1)
                 if stopping or step == total_steps:
                     break
             if stopping:

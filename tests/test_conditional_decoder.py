@@ -26,9 +26,11 @@ from data.mask_mix import MaskMix, check_mix
 from data.masks import HOLE_FRACTION
 from data.sources import image_tensor
 from models.VQGAN import VQGAN, build_vqgan
+from models.VQGAN.losses import reconstruction_loss
 from models.VQGAN.conditional import TOKEN_SIDE, count_branch, load_tokenizer_weights, token_side_state
 from models.VQGAN_Transformer import MaskGit, load_vqgan
 from runtime.checkpoints import load_checkpoint, save_checkpoint
+from training_vqgan import train_step
 from utils import UserError, load_config, run_cli
 
 COMPACT = REPO / "configs" / "VQGAN_catface_compact.yml"
@@ -198,6 +200,33 @@ def test_the_mask_mix_draws_every_kind_reproducibly():
                          ({"lab": 0}, "sum to 0"), ({}, "must map")):
         with pytest.raises(UserError, match=message):
             check_mix(bad)
+
+
+# ----------------------------------------------------------------------------- the hole weight
+
+def test_the_hole_weight_scales_the_hole_pixels_terms():
+    x = torch.zeros(1, 1, 2, 2)
+    x_rec = torch.tensor([[[[1.0, 2.0], [2.0, 2.0]]]])  # error 1 in the hole, 2 elsewhere
+    known = torch.tensor([[[[0.0, 1.0], [1.0, 1.0]]]])
+    weight = known + 6 * (1 - known)
+    # L1 (6 x 1 + 3 x 2) / 4 = 3; L2 (6 x 1 + 3 x 4) / 4 = 4.5
+    assert reconstruction_loss(x, x_rec, 1.0, weight).item() == pytest.approx(3 + 4.5)
+    assert reconstruction_loss(x, x_rec, 1.0, torch.ones_like(known)).item() == \
+        reconstruction_loss(x, x_rec, 1.0).item() == pytest.approx(7 / 4 + 13 / 4)
+
+
+def test_train_step_weighs_the_holes_by_hole_weight():
+    _, vq = pair("compact")
+    randomise_fusion(vq)
+    images, _, known = inputs(2)
+    with torch.no_grad():
+        x_rec = vq(images, known)[0]
+    expected = reconstruction_loss(images, x_rec, 1.0, known + 6 * (1 - known)).item()
+    opt = torch.optim.SGD(vq.parameters(), lr=0.0)
+    _, log = train_step(vq, None, vq.last_layer, opt, None, torch.amp.GradScaler("cpu", enabled=False),
+                        images, 0.0, 1.0, "cpu", "fp32", known=known, hole_weight=6.0)
+    assert log["rec"] == pytest.approx(expected, rel=1e-5)
+    assert expected > reconstruction_loss(images, x_rec, 1.0).item()  # the holes count more
 
 
 # ----------------------------------------------------------------------------- training
@@ -419,6 +448,8 @@ def test_training_conditional_bad_input_is_one_line_error(setup, tiny_vq_ckpt, t
              (["--config", tmp_path / "typo.yml", "--init", vq], "unknown key(s) maks"),
              (["--config", tmp_path / "kind.yml", "--init", vq], "unknown mask kind 'blob'"),
              (["--config", good, "--init", vq, "--batch-size", 0], "training.batch_size = 0"),
+             (["--config", good, "--init", vq, "--set", "training.hole_weight=-1"],
+              "training.hole_weight = -1"),
              (["--config", good, "--init", vq, "--data", tmp_path / "nope"], "nope")]
     for flags, needle in cases:
         one_line_error(training_conditional.main, base + flags, capsys, needle)

@@ -59,6 +59,21 @@ def test_vqgan_max_steps_ends_mid_epoch_with_the_scheduled_lr(tmp_path):
     assert ck["opt_d"]["state"], "the discriminator trained after disc_start"
 
 
+def test_vqgan_keep_every_keeps_snapshots_that_are_prefixes_of_the_run(tmp_path):
+    data = write_synthetic_folder(tmp_path / "data", 24)
+    training_vqgan.main(vqgan_args(tmp_path / "run", data, "--keep-every", "4"))
+    kept = sorted(p.name for p in (tmp_path / "run").glob("step_*.pt"))
+    assert kept == ["step_000004.pt", "step_000008.pt"]
+    snap = load(tmp_path / "run" / "step_000004.pt")
+    assert (snap["step"], snap["epoch"], snap["batch_in_epoch"]) == (4, 0, 4)
+    # the snapshot is where the run stood at step 4: resuming from it gives the full run
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / "last.pt").write_bytes((tmp_path / "run" / "step_000004.pt").read_bytes())
+    training_vqgan.main(vqgan_args(tmp_path / "cut", data, "--resume"))
+    full, cut = load(tmp_path / "run" / "last.pt"), load(tmp_path / "cut" / "last.pt")
+    assert same_weights(full["model"], cut["model"]) and same_weights(full["disc"], cut["disc"])
+
+
 def test_vqgan_time_budget_then_resume_equals_the_uninterrupted_run(tmp_path, capsys):
     data = write_synthetic_folder(tmp_path / "data", 24)
     training_vqgan.main(vqgan_args(tmp_path / "full", data))

@@ -22,11 +22,16 @@ def adaptive_gan_weight(rec_loss: torch.Tensor, g_loss: torch.Tensor,
     return (rec_grad.norm() / (g_grad.norm() + 1e-4)).clamp(0.0, 1e4).detach()
 
 
-def reconstruction_loss(x: torch.Tensor, x_rec: torch.Tensor, l2_weight: float) -> torch.Tensor:
-    """L1 for sharpness plus an optional L2 term for PSNR."""
-    loss = (x - x_rec).abs().mean()
+def reconstruction_loss(x: torch.Tensor, x_rec: torch.Tensor, l2_weight: float,
+                        pixel_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """L1 for sharpness plus an optional L2 term for PSNR, both means over every pixel;
+    `pixel_weight` (B, 1, R, R) scales each pixel's terms (e.g. the holes of a mask, as in
+    the partial-convolution inpainting loss, Liu et al. 2018)."""
+    diff = x - x_rec
+    w = 1.0 if pixel_weight is None else pixel_weight
+    loss = (w * diff.abs()).mean()
     if l2_weight:
-        loss = loss + l2_weight * F.mse_loss(x_rec, x)
+        loss = loss + l2_weight * (w * diff.square()).mean()
     return loss
 
 
@@ -40,10 +45,11 @@ def feature_matching_loss(feats_fake: list[torch.Tensor], feats_real: list[torch
 
 def generator_loss(x, x_rec, q_loss, logits_fake, last_layer, gan_weight: float,
                    l2_weight: float = 0.0, fm_loss: torch.Tensor | None = None,
-                   fm_weight: float = 0.0):
+                   fm_weight: float = 0.0, pixel_weight: torch.Tensor | None = None):
     """Autoencoder objective. Returns (loss, log dict); `gan_weight` 0 skips the GAN term,
-    `fm_weight` 0 (or no `fm_loss`) the feature-matching term."""
-    rec = reconstruction_loss(x, x_rec, l2_weight)
+    `fm_weight` 0 (or no `fm_loss`) the feature-matching term; `pixel_weight` as in
+    `reconstruction_loss`."""
+    rec = reconstruction_loss(x, x_rec, l2_weight, pixel_weight)
     loss = rec + q_loss
     log = {"rec": rec.item(), "q": q_loss.item()}
     if gan_weight > 0:
