@@ -16,7 +16,7 @@ outputs under its masks, with no transformer: a plain checkpoint's reconstructio
 Poisson-blended into the known pixels (`--composite poisson`), and a conditional
 checkpoint's (training_conditional.py) own decode given the known pixels.
 
-    python benchmarks/tokenizer_quality.py --ckpts <vqgan>/last.pt <conditional>/last.pt \
+    python benchmarks/tokenizer_quality.py --ckpts <vqgan>/last.pt <conditional>/last.pt \\
         --masked-dir masked --out runs/bench/floors
 """
 from __future__ import annotations
