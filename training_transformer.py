@@ -81,7 +81,8 @@ def parse_args(argv=None):
                    help="auto (configs' default): bf16 where the hardware runs it natively, else fp32")
     p.add_argument("--ema-decay", dest="ema_decay", type=float, help="0 disables the EMA")
     p.add_argument("--seed", type=int)
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    p.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                   help="config overrides; a repeated --set adds to the earlier ones")
     p.add_argument("--token-cache", default="checkpoints/token_cache")
     p.add_argument("--on-bad-image", choices=["error", "skip"], default="error")
     p.add_argument("--time-budget", type=float, default=0,

@@ -68,7 +68,8 @@ def add_run_args(p: argparse.ArgumentParser, resume_from: str) -> None:
     p.add_argument("--learning-rate", type=float, help="overrides training.learning_rate")
     p.add_argument("--precision", choices=PRECISIONS,
                    help="overrides training.precision; auto: bf16 where the hardware runs it natively")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    p.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                   help="config overrides; a repeated --set adds to the earlier ones")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if present)")
     p.add_argument("--partial", type=float, default=None, help="use this fraction of the data")
     p.add_argument("--on-bad-image", choices=["error", "skip"], default="error")
