@@ -70,6 +70,24 @@ def test_loss_is_commitment_plus_codebook_and_straight_through():
     assert z.grad is not None and cb.embedding.weight.grad is None  # z_q's value path is detached
 
 
+def test_the_codebook_gradient_is_the_same_on_every_run_with_two_threads():
+    # many encoder outputs on few codes: the rows that collide must be summed in a fixed order
+    torch.manual_seed(0)
+    cb = FactorizedCodebook(1024, 8)
+    z = torch.randn(1, 8, 1, 1) + 0.3 * torch.randn(32, 8, 16, 16)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        grads = []
+        for _ in range(4):
+            cb.zero_grad()
+            cb(z)[2].backward()
+            grads.append(cb.embedding.weight.grad.clone())
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(grads[0], g) for g in grads[1:])
+
+
 def test_ema_moves_codes_to_the_mean_of_their_assignments():
     cb = FactorizedCodebook(2, 2, ema_decay=0.5)
     cb.embedding.weight.data = torch.tensor([[1.0, 0.0], [0.0, 1.0]])

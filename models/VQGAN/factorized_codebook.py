@@ -51,7 +51,9 @@ class FactorizedCodebook(nn.Module):
         indices = self.lookup(z_flat.detach())
         if self.training and self.ema_decay > 0:
             self._ema_update(z_flat.detach(), indices)
-        z_q = self.codes()[indices]  # (B*h*w, d)
+        # index_select, not codes()[indices]: the latter's backward (an accumulating index_put_)
+        # sums colliding rows in a thread-dependent order, so two identical runs drift apart
+        z_q = torch.index_select(self.codes(), 0, indices)  # (B*h*w, d)
         loss = self.beta * F.mse_loss(z_flat, z_q.detach())
         if self.ema_decay == 0:
             loss = loss + F.mse_loss(z_q, z_flat.detach())
