@@ -55,8 +55,9 @@ def run(ckpts: list[Path], images_dir: Path, n: int, out: Path, device,
     stats = out / "originals_stats.npz"
     save_statistics(originals, stats, device)
     rows = []
-    for ckpt in ckpts:
-        step = load_checkpoint(ckpt).get("step")
+    steps = {ckpt: load_checkpoint(ckpt).get("step") for ckpt in ckpts}
+    for ckpt in sorted(ckpts, key=lambda c: steps[c] or 0):  # rows print as a curve against steps
+        step = steps[ckpt]
         vq, cfg = load_vqgan(None, ckpt)
         vq = vq.to(device)
         mean, std = normalization(cfg, "test")
@@ -79,7 +80,7 @@ def run(ckpts: list[Path], images_dir: Path, n: int, out: Path, device,
                           f"{100 * row['usage']:.1f}%", f"{row['perplexity']:.0f}",
                           *(f"{row[k]:.2f}" if row[k] is not None else "-"
                             for k in ("rfid_poisson", "rfid_conditional")), ""]).strip(), flush=True)
-    return sorted(rows, key=lambda r: r["step"] or 0)
+    return rows
 
 
 def main(argv=None):
@@ -93,11 +94,11 @@ def main(argv=None):
     p.add_argument("--out", default="runs/bench/tokenizer")
     p.add_argument("--device", default=None)
     args = p.parse_args(argv)
-    ckpts = sorted(map(Path, args.ckpts), key=lambda c: load_checkpoint(c).get("step") or 0)
     print("| checkpoint | step | rFID | PSNR (dB) | codebook usage | perplexity | rFID Poisson-blended "
           "| rFID conditional |\n|---|---|---|---|---|---|---|---|")
     masked = Path(args.masked_dir) if args.masked_dir else None
-    return run(ckpts, Path(args.images), args.n, Path(args.out), resolve_device(args.device), masked)
+    return run(list(map(Path, args.ckpts)), Path(args.images), args.n, Path(args.out),
+               resolve_device(args.device), masked)
 
 
 if __name__ == "__main__":

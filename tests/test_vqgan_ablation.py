@@ -46,8 +46,8 @@ def test_set_reaches_optional_keys_a_config_leaves_out(tmp_path):
 
 def test_repeated_set_flags_add_up_instead_of_replacing_each_other():
     vq = resolved(["--config", str(REPO / "configs" / "VQGAN_catface_compact.yml"),
-                   "--set", "training.disc_start=7", "--set", "training.learning_rate=0.002"])
-    assert (vq["training"]["disc_start"], vq["training"]["learning_rate"]) == (7, 0.002)
+                   "--set", "training.disc_start=7", "--set", "training.learning_rate=0.003"])
+    assert (vq["training"]["disc_start"], vq["training"]["learning_rate"]) == (7, 0.003)
     args = training_transformer.parse_args(["--MaskGitConfig", str(REPO / "configs" / "MaskGit_catface_compact.yml"),
                                             "--set", "train_param.max_steps=7",
                                             "--set", "train_param.warmup_steps=3"])
