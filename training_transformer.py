@@ -37,8 +37,8 @@ from runtime.precision import CHOICES as PRECISIONS, autocast, fused_attention, 
 from runtime.rng import all_rng_states, restore_rng, seed_everything
 from runtime.run_log import RunLogger
 from runtime.stopping import GracefulStop, check_finite
-from utils import (UserError, apply_overrides, check_positive, ensure_writable_dir, load_config,
-                   require_keys, run_cli)
+from utils import (UserError, add_overrides_arg, apply_overrides, check_positive, ensure_writable_dir,
+                   load_config, require_keys, run_cli)
 
 TRAIN_KEYS = ["epochs", "batch_size", "accum_grad", "learning_rate", "min_lr_ratio", "warmup_steps",
               "weight_decay", "betas", "grad_clip", "masking", "hole_masking", "label_smoothing",
@@ -81,8 +81,7 @@ def parse_args(argv=None):
                    help="auto (configs' default): bf16 where the hardware runs it natively, else fp32")
     p.add_argument("--ema-decay", dest="ema_decay", type=float, help="0 disables the EMA")
     p.add_argument("--seed", type=int)
-    p.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
-                   help="config overrides; a repeated --set adds to the earlier ones")
+    add_overrides_arg(p)
     p.add_argument("--token-cache", default="checkpoints/token_cache")
     p.add_argument("--on-bad-image", choices=["error", "skip"], default="error")
     p.add_argument("--time-budget", type=float, default=0,

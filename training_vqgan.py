@@ -38,8 +38,8 @@ from runtime.precision import CHOICES as PRECISIONS, autocast, resolve_precision
 from runtime.rng import all_rng_states, restore_rng, seed_everything
 from runtime.run_log import RunLogger
 from runtime.stopping import GracefulStop, check_finite
-from utils import (UserError, apply_overrides, check_positive, ensure_writable_dir, load_config, require_keys,
-                   run_cli)
+from utils import (UserError, add_overrides_arg, apply_overrides, check_positive, ensure_writable_dir,
+                   load_config, require_keys, run_cli)
 
 TRAIN_KEYS = ["epochs", "batch_size", "learning_rate", "betas", "l2_weight", "disc_start",
               "disc_weight", "disc_channels", "disc_layers", "restart_every", "precision", "seed"]
@@ -68,8 +68,7 @@ def add_run_args(p: argparse.ArgumentParser, resume_from: str) -> None:
     p.add_argument("--learning-rate", type=float, help="overrides training.learning_rate")
     p.add_argument("--precision", choices=PRECISIONS,
                    help="overrides training.precision; auto: bf16 where the hardware runs it natively")
-    p.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
-                   help="config overrides; a repeated --set adds to the earlier ones")
+    add_overrides_arg(p)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if present)")
     p.add_argument("--partial", type=float, default=None, help="use this fraction of the data")
     p.add_argument("--on-bad-image", choices=["error", "skip"], default="error")

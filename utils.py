@@ -67,6 +67,13 @@ def _parse_override(text: str) -> tuple[list[str], object]:
     return key.split("."), yaml.load(value, Loader=_YamlLoader)
 
 
+def add_overrides_arg(parser) -> None:
+    """`--set a.b=value ...`, the CLI side of `apply_overrides`; a repeated --set adds to the
+    earlier ones (argparse's default would silently keep only the last)."""
+    parser.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                        help="config overrides; a repeated --set adds to the earlier ones")
+
+
 def apply_overrides(cfg: dict, overrides: list[str] | None, where: str = "config") -> dict:
     """Return a copy of `cfg` with `a.b=value` overrides applied (values parsed as YAML).
 
