@@ -13,12 +13,15 @@ plain decoder's. The encoder, quant_conv and codebook are frozen, so token ids, 
 and stage-2 checkpoints stay valid; the decoder, post_quant_conv and the branch train with
 the stage-1 losses (L1 + optional L2, with the hole pixels weighted by `hole_weight`; the
 codebook term (constant here); from `disc_start` the adaptively weighted hinge PatchGAN;
-no FID network in any loss). Every
+no FID network in any loss). With `token_noise` p, each token of a partly known cell is a
+random code with probability p, as the transformer's guesses there can be at inpainting
+time (models/VQGAN/conditional.scramble_partly_known). Every
 image gets a mask from the config's `masks` mix (data/mask_mix.py: lab-like, box,
 outpaint, all-hole, hole-free). Validation decodes the val images' own tokens under the
 lab-like masks `python -m data.masks --kind lab --seed 0` gives them, and logs PSNR of the
-whole image, of the known pixels, of the holes, and under an all-hole mask (the decoder
-alone); metrics.jsonl's step 0 is the plain decoder. Counted in steps
+whole image, of the known pixels, of the holes, under an all-hole mask (the decoder
+alone), and of the known pixels when every partly known cell's token is random (the
+worst the transformer can guess there); metrics.jsonl's step 0 is the plain decoder. Counted in steps
 (`training.max_steps`), warm-up and cosine decay as stage 1. Writes <out>/last.pt and
 <out>/best.pt (best val PSNR) atomically; --resume continues; Ctrl-C or SIGTERM finishes the
 step, saves last.pt and exits with 130 / 143.
@@ -41,7 +44,8 @@ from data.masks import KNOWN, lab_mask, mask_rng
 from data.sources import image_tensor
 from metrics.psnr import psnr
 from models.VQGAN import build_vqgan
-from models.VQGAN.conditional import count_branch, freeze_token_side, load_tokenizer_weights, token_side_eval
+from models.VQGAN.conditional import (count_branch, freeze_token_side, load_tokenizer_weights,
+                                     scramble_partly_known, token_side_eval)
 from models.VQGAN.discriminator import Discriminator
 from models.VQGAN.losses import adopt_weight
 from runtime.checkpoints import load_checkpoint, load_weights, save_checkpoint
@@ -58,7 +62,7 @@ from utils import (UserError, apply_overrides, check_positive, ensure_writable_d
 
 RECIPE_KEYS = ["init", "vqgan_config", "masks", "mask_bank", "val_images", "training"]
 TRAIN_KEYS = ["max_steps", "warmup_steps", "min_lr_ratio", "batch_size", "learning_rate", "betas",
-              "l2_weight", "hole_weight", "disc_start", "disc_weight", "disc_channels", "disc_layers",
+              "l2_weight", "hole_weight", "token_noise", "disc_start", "disc_weight", "disc_channels", "disc_layers",
               "precision", "seed"]
 VAL_MASK_SEED = 0  # the suite's masked val set: lab-like masks, seed 0
 
@@ -100,6 +104,9 @@ def resolve_config(args) -> tuple[dict, dict, Path]:
     check_positive({f"training.{k}": tc[k] for k in ("warmup_steps", "min_lr_ratio")}, args.config,
                    strict=False)
     check_positive({k: recipe[k] for k in ("mask_bank", "val_images")}, args.config)
+    noise = tc["token_noise"]
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise <= 1:
+        raise UserError(f"training.token_noise = {noise!r} in {args.config} must be a probability in [0, 1]")
     check_mix(recipe["masks"], f"{args.config} masks")
     if not recipe["init"]:
         raise UserError("no VQGAN to start from; pass --init CKPT (ours, or the lab's VQGAN.pt "
@@ -130,20 +137,26 @@ def evaluate(vq, images: torch.Tensor, known: torch.Tensor, mean, std, device,
              batch_size: int = 64) -> dict:
     """Mean PSNR (dB, [0, 1] pixels) of the decode of the images' own tokens through the
     conditional decoder under `known` (N, 1, R, R): the whole image, the known pixels (the
-    input's own), the holes (the ground truth); and under an all-hole mask (the decoder
-    alone, as in unconditional generation)."""
+    input's own), the holes (the ground truth); under an all-hole mask (the decoder alone,
+    as in unconditional generation); and the known pixels again with every partly known
+    cell's token random (the same draws at every validation)."""
     vq.eval()
-    scores = {"val_psnr": [], "val_psnr_known": [], "val_psnr_hole": [], "val_psnr_all_hole": []}
+    scores = {"val_psnr": [], "val_psnr_known": [], "val_psnr_hole": [], "val_psnr_all_hole": [],
+              "val_psnr_known_scrambled": []}
+    draws = torch.Generator().manual_seed(0)
     for i in range(0, len(images), batch_size):
         x01 = images[i:i + batch_size].to(device).float() / 255
         k = known[i:i + batch_size].to(device)
         x = normalize(x01, mean, std)
-        z_q, _, _ = vq.encode(x)
+        z_q, indices, _ = vq.encode(x)
         rec = denormalize(vq.decode(z_q, x, k), mean, std)
         alone = denormalize(vq.decode(z_q, x, torch.zeros_like(k)), mean, std)
+        guessed = scramble_partly_known(indices, k, vq.num_codebook_vectors, 1.0, draws)
+        scrambled = denormalize(vq.decode_indices(guessed, x, k), mean, std)
         for name, value in (("val_psnr", psnr(rec, x01)), ("val_psnr_known", psnr(rec, x01, k)),
                             ("val_psnr_hole", psnr(rec, x01, 1 - k)),
-                            ("val_psnr_all_hole", psnr(alone, x01))):
+                            ("val_psnr_all_hole", psnr(alone, x01)),
+                            ("val_psnr_known_scrambled", psnr(scrambled, x01, k))):
             scores[name].append(value)
     return {name: torch.nanmean(torch.cat(v)).item() for name, v in scores.items()}
 
@@ -245,7 +258,7 @@ def main(argv=None):
                 _, log = train_step(vq_train, disc_train, vq.last_layer, opt_ae, opt_d, scaler, x,
                                     gan_w, tc["l2_weight"], device, precision,
                                     lambda loss: check_finite(loss, step, out), known=known,
-                                    hole_weight=tc["hole_weight"])
+                                    hole_weight=tc["hole_weight"], token_noise=tc["token_noise"])
                 step += 1
                 bar.set_postfix({k: f"{v:.3g}" for k, v in log.items()})
                 stopping = stop.after_step(step, args.ckpt_interval,

@@ -108,10 +108,11 @@ def resolve_config(args) -> dict:
 
 def train_step(vq, disc, last_layer, opt_ae, opt_d, scaler, x, gan_weight: float,
                l2_weight: float, device, precision: str, check=lambda loss: None, known=None,
-               fm_weight: float = 0.0, hole_weight: float = 1.0):
+               fm_weight: float = 0.0, hole_weight: float = 1.0, token_noise: float = 0.0):
     """One optimizer step of the autoencoder and, when `gan_weight` > 0, of the discriminator,
     on the normalised batch x (B, 3, R, R); with `known` (B, 1, R, R), 1 = known pixel, the
-    reconstruction goes through the conditional decoder (training_conditional.py), and its
+    reconstruction goes through the conditional decoder (training_conditional.py), from
+    tokens whose partly known cells are scrambled with probability `token_noise`, and its
     hole pixels weigh `hole_weight` in the reconstruction loss (the known ones 1).
     `fm_weight` > 0 adds feature matching on the discriminator while the GAN is on.
     `check(loss)` runs before any weight changes.
@@ -119,7 +120,7 @@ def train_step(vq, disc, last_layer, opt_ae, opt_d, scaler, x, gan_weight: float
     matching = gan_weight > 0 and fm_weight > 0
     fm_loss = logits_fake = None
     with autocast(device, precision):
-        x_rec, indices, q_loss = vq(x) if known is None else vq(x, known)
+        x_rec, indices, q_loss = vq(x) if known is None else vq(x, known, token_noise)
         if matching:
             logits_fake, feats_fake = disc(x_rec, features=True)
             with torch.no_grad():

@@ -27,7 +27,8 @@ from data.masks import HOLE_FRACTION
 from data.sources import image_tensor
 from models.VQGAN import VQGAN, build_vqgan
 from models.VQGAN.losses import reconstruction_loss
-from models.VQGAN.conditional import TOKEN_SIDE, count_branch, load_tokenizer_weights, token_side_state
+from models.VQGAN.conditional import (TOKEN_SIDE, count_branch, load_tokenizer_weights,
+                                     scramble_partly_known, token_side_state)
 from models.VQGAN_Transformer import MaskGit, load_vqgan
 from runtime.checkpoints import load_checkpoint, save_checkpoint
 from training_vqgan import train_step
@@ -107,6 +108,52 @@ def test_an_all_hole_mask_ignores_the_masked_image(kind):
         live = cond.decode_indices(tokens, images, known)
         assert torch.equal(live, cond.decode_indices(tokens, mixed, known))
         assert not torch.equal(live, out)
+
+
+def partly_known_mask() -> tuple[torch.Tensor, torch.Tensor]:
+    """known (1, 1, 64, 64) on a 16x16 grid of 4x4 cells, and which cells are partly known
+    (256,): the left half known, the right half a hole, and one pixel of hole in each cell
+    of row 2 (so its left-half cells are partly known)."""
+    known = torch.zeros(1, 1, 64, 64)
+    known[..., :32] = 1
+    known[..., 8, 0:64:4] = 0
+    partly = torch.zeros(16, 16, dtype=torch.bool)
+    partly[2, :8] = True
+    return known, partly.flatten()
+
+
+def test_scrambling_draws_random_codes_in_partly_known_cells_only():
+    known, partly = partly_known_mask()
+    known = known.expand(400, -1, -1, -1)
+    indices = torch.zeros(400, 256, dtype=torch.long)
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(scramble_partly_known(indices, known, 1024, 0.0, g), indices)
+    every = scramble_partly_known(indices, known, 1024, 1.0, g)
+    assert not (every != 0)[:, ~partly].any()        # known and hole cells keep their tokens
+    assert (every != 0)[:, partly].float().mean() > 0.99  # 1/1024 of the draws hit code 0
+    assert every.max() < 1024 and every.unique().numel() > 900  # uniform over the codebook
+    half = (scramble_partly_known(indices, known, 1024, 0.5, g) != 0)[:, partly].float().mean()
+    assert abs(half.item() - 0.5) < 0.03, half  # 3200 cells: sd 0.009
+
+
+@pytest.mark.parametrize("kind", CONFIGS)
+def test_token_noise_redecodes_scrambled_tokens_and_returns_the_encoders(kind):
+    _, vq = pair(kind)
+    randomise_fusion(vq)
+    images, _, _ = inputs(2)
+    known, _ = partly_known_mask()
+    known = known.expand(2, -1, -1, -1)
+    with torch.no_grad():
+        clean, indices, _ = vq(images, known)
+        torch.manual_seed(3)
+        noisy, noisy_indices, _ = vq(images, known, 1.0)
+        torch.manual_seed(3)  # the same draws, by hand
+        by_hand = vq.decode_indices(scramble_partly_known(indices, known, vq.num_codebook_vectors, 1.0),
+                                    images, known)
+        everything = torch.ones_like(known)  # no partly known cell: nothing to scramble
+        assert torch.allclose(vq(images, everything, 1.0)[0], vq(images, everything)[0], atol=1e-5)
+    assert torch.equal(noisy_indices, indices)
+    assert torch.allclose(noisy, by_hand, atol=1e-5) and not torch.allclose(noisy, clean, atol=1e-3)
 
 
 def test_the_lab_module_tree_is_unchanged_and_the_branch_has_its_own_keys():
@@ -319,6 +366,17 @@ def test_a_tiny_run_beats_the_plain_decoder_on_the_known_region(runs):
     assert mixed["val_psnr_hole"] > plain["val_psnr_hole"] - 1  # the holes lose nothing
 
 
+def test_token_noise_teaches_the_decoder_to_keep_known_pixels_the_tokens_contradict(setup, runs):
+    """The same 120 steps with every partly known cell's token scrambled: the known pixels
+    under random tokens there (val_psnr_known_scrambled) come out better than the run on
+    true tokens; 23.9 against 23.1 dB when written (and 24.0 against 23.7 on true tokens)."""
+    root, vq, data = setup
+    noisy = train(root, recipe(root, "noisy", 120, token_noise=1.0), root / "noisy", vq, data)
+    clean, scrambled = (json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+                        for run in (runs[0], noisy))
+    assert scrambled["val_psnr_known_scrambled"] > clean["val_psnr_known_scrambled"] + 0.4, (clean, scrambled)
+
+
 def test_resume_gives_the_uninterrupted_run(setup):
     """12 steps, then --resume to 20, equals 20 at once (constant rate, the GAN on from step 6)."""
     root, vq, data = setup
@@ -450,6 +508,8 @@ def test_training_conditional_bad_input_is_one_line_error(setup, tiny_vq_ckpt, t
              (["--config", good, "--init", vq, "--batch-size", 0], "training.batch_size = 0"),
              (["--config", good, "--init", vq, "--set", "training.hole_weight=-1"],
               "training.hole_weight = -1"),
+             (["--config", good, "--init", vq, "--set", "training.token_noise=1.5"],
+              "training.token_noise = 1.5"),
              (["--config", good, "--init", vq, "--data", tmp_path / "nope"], "nope")]
     for flags, needle in cases:
         one_line_error(training_conditional.main, base + flags, capsys, needle)

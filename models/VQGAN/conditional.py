@@ -32,6 +32,8 @@ upsampling and before the output head.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -106,6 +108,26 @@ class MaskBranch(nn.Module):
                 m = (F.avg_pool2d(known, f) if f > 1 else known).to(h.dtype)  # (B, 1, H, W) in [0, 1]
                 h = h + m * self.fuse[at[j]](torch.cat([h, t], 1))       # (B, c, H, W)
         return h
+
+
+def scramble_partly_known(indices: torch.Tensor, known: torch.Tensor, num_codes: int, p: float,
+                          generator: torch.Generator | None = None) -> torch.Tensor:
+    """indices (B, r*r) row-major, known (B, 1, R, R) 1 = known -> indices (B, r*r) where each
+    token whose cell is partly known (some of its pixels, not all) is, with probability p,
+    a code drawn uniformly from [0, num_codes).
+
+    Inpainting re-predicts every token that touches a hole (models/decoding.py), so in the
+    partly known cells the decoder gets the transformer's guess, which need not agree with
+    the known pixels beside it; trained on true tokens only, it trusts the token there.
+    Scrambled tokens teach it to take those pixels from the branch. Fully hole cells keep
+    their tokens: nothing else tells the decoder what goes there. The draws are on the CPU
+    (the global RNG the checkpoints carry, unless `generator`)."""
+    r = math.isqrt(indices.shape[1])
+    frac = F.avg_pool2d(known.float(), known.shape[-1] // r).flatten(1)  # (B, r*r) known fraction
+    partly = (frac > 0) & (frac < 1)
+    swap = torch.rand(indices.shape, generator=generator).to(indices.device) < p
+    codes = torch.randint(num_codes, indices.shape, generator=generator).to(indices.device)
+    return torch.where(partly & swap, codes, indices)
 
 
 def decoder_side(vq: nn.Module) -> list[nn.Module]:

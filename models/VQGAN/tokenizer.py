@@ -2,6 +2,8 @@
 import torch
 import torch.nn as nn
 
+from .conditional import scramble_partly_known
+
 
 class Tokenizer(nn.Module):
     """A subclass defines `encode(x) -> (z_q, indices, q_loss)`, `decode(z_q, image, known)`,
@@ -20,10 +22,17 @@ class Tokenizer(nn.Module):
         r = self.latent_resolution
         return self.decode(self.codebook.embed(indices, r, r), image, known)
 
-    def forward(self, x: torch.Tensor, known: torch.Tensor | None = None):
+    def forward(self, x: torch.Tensor, known: torch.Tensor | None = None, token_noise: float = 0.0):
         """x (B, 3, R, R) -> (reconstruction (B, 3, R, R), indices (B, r*r), q_loss); with
-        `known`, decoded through the conditional branch from x's known pixels."""
+        `known`, decoded through the conditional branch from x's known pixels, after the
+        tokens of partly known cells are scrambled with probability `token_noise`
+        (conditional training, conditional.scramble_partly_known). The indices returned are
+        the encoder's."""
         z_q, indices, q_loss = self.encode(x)
+        if token_noise > 0:
+            r = self.latent_resolution
+            z_q = self.codebook.embed(scramble_partly_known(indices, known, self.num_codebook_vectors,
+                                                            token_noise), r, r)
         return self.decode(z_q, x, known), indices, q_loss
 
     def run_decoder(self, h: torch.Tensor, image: torch.Tensor | None,
