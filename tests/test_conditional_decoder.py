@@ -282,7 +282,8 @@ def recipe(tmp_path, name, steps, masks=None, **training) -> Path:
     r = load_config(RECIPE)
     r.update(mask_bank=16, val_images=16, **({"masks": masks} if masks else {}))
     r["training"].update({"max_steps": steps, "batch_size": 8, "warmup_steps": 5, "disc_start": 10 ** 9,
-                          "precision": "fp32", "learning_rate": 5e-3, **training})
+                          "precision": "fp32", "learning_rate": 5e-3, "token_noise": 0.0,
+                          **training})
     path = tmp_path / f"{name}.yml"
     path.write_text(yaml.safe_dump(r))
     return path
