@@ -57,8 +57,8 @@ from runtime.rng import all_rng_states, restore_rng, seed_everything
 from runtime.run_log import RunLogger
 from runtime.stopping import GracefulStop, check_finite
 from training_vqgan import add_run_args, train_step
-from utils import (UserError, apply_overrides, check_positive, ensure_writable_dir, load_config,
-                   require_keys, resolve_path, run_cli)
+from utils import (UserError, apply_overrides, check_positive, check_probability, ensure_writable_dir,
+                   load_config, require_keys, resolve_path, run_cli)
 
 RECIPE_KEYS = ["init", "vqgan_config", "masks", "mask_bank", "val_images", "training"]
 TRAIN_KEYS = ["max_steps", "warmup_steps", "min_lr_ratio", "batch_size", "learning_rate", "betas",
@@ -104,9 +104,7 @@ def resolve_config(args) -> tuple[dict, dict, Path]:
     check_positive({f"training.{k}": tc[k] for k in ("warmup_steps", "min_lr_ratio")}, args.config,
                    strict=False)
     check_positive({k: recipe[k] for k in ("mask_bank", "val_images")}, args.config)
-    noise = tc["token_noise"]
-    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise <= 1:
-        raise UserError(f"training.token_noise = {noise!r} in {args.config} must be a probability in [0, 1]")
+    check_probability({"training.token_noise": tc["token_noise"]}, args.config)
     check_mix(recipe["masks"], f"{args.config} masks")
     if not recipe["init"]:
         raise UserError("no VQGAN to start from; pass --init CKPT (ours, or the lab's VQGAN.pt "

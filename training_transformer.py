@@ -37,8 +37,8 @@ from runtime.precision import CHOICES as PRECISIONS, autocast, fused_attention, 
 from runtime.rng import all_rng_states, restore_rng, seed_everything
 from runtime.run_log import RunLogger
 from runtime.stopping import GracefulStop, check_finite
-from utils import (UserError, add_overrides_arg, apply_overrides, check_positive, ensure_writable_dir,
-                   load_config, require_keys, run_cli)
+from utils import (UserError, add_overrides_arg, apply_overrides, check_positive, check_probability,
+                   ensure_writable_dir, load_config, require_keys, run_cli)
 
 TRAIN_KEYS = ["epochs", "batch_size", "accum_grad", "learning_rate", "min_lr_ratio", "warmup_steps",
               "weight_decay", "betas", "grad_clip", "masking", "hole_masking", "label_smoothing",
@@ -102,8 +102,7 @@ def resolve_config(args) -> dict:
     flags = {key: getattr(args, flag) for flag, key in FLAG_TO_KEY.items()}
     cfg = apply_overrides(cfg, [f"train_param.{k}={v}" for k, v in flags.items() if v is not None])
     require_keys(cfg["train_param"], TRAIN_KEYS, f"{args.MaskGitConfig} train_param")
-    if not 0.0 <= cfg["train_param"]["hole_masking"] <= 1.0:
-        raise UserError(f"{args.MaskGitConfig}: train_param.hole_masking must lie in [0, 1]")
+    check_probability({"train_param.hole_masking": cfg["train_param"]["hole_masking"]}, args.MaskGitConfig)
     check_positive({f"train_param.{k}": cfg["train_param"][k] for k in
                     ("batch_size", "accum_grad", "learning_rate", "grad_clip")}, args.MaskGitConfig)
     check_positive({"train_param.max_steps": cfg["train_param"]["max_steps"]}, args.MaskGitConfig,

@@ -130,6 +130,14 @@ def check_positive(values: dict, where: str | None = None, strict: bool = True) 
             raise UserError(f"{name} = {v!r}{origin} must be a number {'>' if strict else '>='} 0")
 
 
+def check_probability(values: dict, where: str | None = None) -> None:
+    """Raise a UserError naming the first of `values` (name -> value) that is not a number in [0, 1]."""
+    for name, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+            origin = f" (from {where} or its flag)" if where else ""
+            raise UserError(f"{name} = {v!r}{origin} must be a probability in [0, 1]")
+
+
 def resolve_path(path: str | Path, base: str | Path = REPO_ROOT) -> Path:
     """A relative path in a config means the current folder when it exists there, else
     `base` (the repository root), so the shipped configs work from any working directory."""
