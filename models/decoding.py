@@ -10,8 +10,8 @@ import contextlib
 import math
 
 import torch
-import torch.nn.functional as F
 
+from .cells import known_fraction
 from .Transformer.packed import packed_weights
 
 
@@ -26,9 +26,7 @@ def token_unknown_from_pixels(known: torch.Tensor, grid: int) -> torch.Tensor:
 
     A token is known only if every pixel of its patch is known.
     """
-    patch = known.shape[-1] // grid
-    known_tok = F.avg_pool2d(known.float(), patch) >= 1.0  # (B, 1, grid, grid)
-    return ~known_tok.flatten(1)  # (B, grid*grid), row-major
+    return (known_fraction(known, grid) < 1).flatten(1)  # (B, grid*grid), row-major
 
 
 def num_masked_after(step: int, total_iter: int, n_unknown_start: torch.Tensor,

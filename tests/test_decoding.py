@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from inpainting import image_generators
+from models.cells import known_fraction
 from models.decoding import decode_step, gumbel, iterative_decode, token_unknown_from_pixels
 from models.schedules import SCHEDULES, gamma_func
 from models.Transformer import BidirectionalTransformer
@@ -221,3 +222,18 @@ def test_token_unknown_from_pixels():
     assert unknown[0].nonzero().flatten().tolist() == [18, 240]
     assert unknown[1].nonzero().flatten().tolist() == [33]
     assert not token_unknown_from_pixels(torch.ones(1, 1, 64, 64), 16).any()
+
+
+def test_known_fraction_is_the_mean_of_each_cell():
+    known = torch.ones(1, 1, 8, 8)
+    known[0, 0, 0, 0] = 0           # cell (0, 0) of the 2x2-pixel grid: 3 of 4 known
+    known[0, 0, 4:8, 4:8] = 0       # cells (2, 2), (2, 3), (3, 2), (3, 3): all hole
+    frac = known_fraction(known, 4)
+    assert frac.shape == (1, 1, 4, 4) and frac.dtype == torch.float32
+    want = torch.ones(4, 4)
+    want[0, 0], want[2:, 2:] = 0.75, 0
+    assert torch.equal(frac[0, 0], want)
+    assert torch.equal(known_fraction(known.bool(), 8), known)  # a grid of pixels: the mask itself
+    assert torch.equal(known_fraction(known, 1), torch.full((1, 1, 1, 1), 47 / 64))
+    with pytest.raises(ValueError, match="does not tile"):
+        known_fraction(known, 3)

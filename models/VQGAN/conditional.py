@@ -36,8 +36,8 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from models.cells import known_fraction
 from runtime.checkpoints import load_weights
 
 # state_dict prefixes the token ids depend on: frozen by conditional training, and what a
@@ -97,7 +97,6 @@ class MaskBranch(nn.Module):
         """`decoder.model` (an nn.Sequential) layer by layer on z, fusing the branch's features
         after each layer of `levels`: h + m * W [h ; t]. Returns the decoder's output."""
         feats = self(image, known)
-        known = known.float()
         at = {index: i for i, (index, _, _) in enumerate(self.levels)}
         h = z
         for j, layer in enumerate(decoder.model):
@@ -105,7 +104,7 @@ class MaskBranch(nn.Module):
             if j in at:
                 _, _, f = self.levels[at[j]]
                 t = feats[f].to(h.dtype)                                 # (B, w_f, H, W)
-                m = (F.avg_pool2d(known, f) if f > 1 else known).to(h.dtype)  # (B, 1, H, W) in [0, 1]
+                m = known_fraction(known, h.shape[-1]).to(h.dtype)      # (B, 1, H, W) in [0, 1]
                 h = h + m * self.fuse[at[j]](torch.cat([h, t], 1))       # (B, c, H, W)
         return h
 
@@ -122,8 +121,7 @@ def scramble_partly_known(indices: torch.Tensor, known: torch.Tensor, num_codes:
     Scrambled tokens teach it to take those pixels from the branch. Fully hole cells keep
     their tokens: nothing else tells the decoder what goes there. The draws are on the CPU
     (the global RNG the checkpoints carry, unless `generator`)."""
-    r = math.isqrt(indices.shape[1])
-    frac = F.avg_pool2d(known.float(), known.shape[-1] // r).flatten(1)  # (B, r*r) known fraction
+    frac = known_fraction(known, math.isqrt(indices.shape[1])).flatten(1)  # (B, r*r)
     partly = (frac > 0) & (frac < 1)
     swap = torch.rand(indices.shape, generator=generator).to(indices.device) < p
     codes = torch.randint(num_codes, indices.shape, generator=generator).to(indices.device)
