@@ -27,7 +27,7 @@ from data.masks import HOLE_FRACTION
 from data.sources import image_tensor
 from models.VQGAN import VQGAN, build_vqgan
 from models.VQGAN.losses import reconstruction_loss
-from models.VQGAN.conditional import (TOKEN_SIDE, count_branch, load_tokenizer_weights,
+from models.VQGAN.conditional import (PIXEL_GAIN, TOKEN_SIDE, count_branch, load_tokenizer_weights,
                                      scramble_partly_known, token_side_state)
 from models.VQGAN_Transformer import MaskGit, load_vqgan
 from runtime.checkpoints import load_checkpoint, save_checkpoint
@@ -50,11 +50,11 @@ def tiny_compact_cfg(**changes) -> dict:
 CONFIGS = {"compact": tiny_compact_cfg, "lab": lambda **c: {**load_config(VQ_TINY), **c}}
 
 
-def pair(kind: str, seed: int = 0):
+def pair(kind: str, seed: int = 0, **branch):
     """(plain tokenizer, the same with the branch, loaded from the plain one's state_dict)."""
     torch.manual_seed(seed)
     plain = build_vqgan(CONFIGS[kind]()).eval()
-    cond = build_vqgan(CONFIGS[kind](conditional=True)).eval()
+    cond = build_vqgan(CONFIGS[kind](conditional=True, **branch)).eval()
     new = load_tokenizer_weights(cond, plain.state_dict(), "plain.pt", verbose=False)
     assert new and all(k.startswith("cond.") for k in new)
     return plain, cond
@@ -81,9 +81,10 @@ def inputs(n=3, seed=0):
 
 # ----------------------------------------------------------------------------- the branch
 
+@pytest.mark.parametrize("fuse_pixels", [False, True])
 @pytest.mark.parametrize("kind", CONFIGS)
-def test_at_init_the_output_is_the_plain_decoders_bit_for_bit(kind):
-    plain, cond = pair(kind)
+def test_at_init_the_output_is_the_plain_decoders_bit_for_bit(kind, fuse_pixels):
+    plain, cond = pair(kind, fuse_pixels=fuse_pixels)
     images, tokens, known = inputs()
     with torch.no_grad():
         want = plain.decode_indices(tokens)
@@ -108,6 +109,25 @@ def test_an_all_hole_mask_ignores_the_masked_image(kind):
         live = cond.decode_indices(tokens, images, known)
         assert torch.equal(live, cond.decode_indices(tokens, mixed, known))
         assert not torch.equal(live, out)
+
+
+@pytest.mark.parametrize("kind", CONFIGS)
+def test_the_pixel_fusion_can_copy_the_known_pixels_and_leaves_the_holes(kind):
+    """W_p = [-I, I] (stored divided by PIXEL_GAIN) gives the masked image's known pixels
+    exactly, and the holes stay what the decoder makes without the pixel fusion."""
+    _, cond = pair(kind, fuse_pixels=True)
+    _, levels_only = pair(kind)
+    randomise_fusion(cond), randomise_fusion(levels_only)
+    levels_only.load_state_dict({k: v for k, v in cond.state_dict().items() if "pixels" not in k})
+    images, tokens, known = inputs()
+    copy = torch.cat([-torch.eye(3), torch.eye(3)], 1)[..., None, None] / PIXEL_GAIN  # (3, 6, 1, 1)
+    with torch.no_grad():
+        cond.cond.pixels.weight.copy_(copy)
+        out = cond.decode_indices(tokens, images, known)
+        want = levels_only.decode_indices(tokens, images, known)
+    assert torch.allclose(out * known, images * known, atol=1e-5)
+    assert torch.equal(out * (1 - known), want * (1 - known))
+    assert not torch.allclose(want * known, images * known, atol=0.1)  # the copy is the fusion's
 
 
 def partly_known_mask() -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,6 +203,12 @@ def test_the_branch_costs_what_a_flop_count_says():
     assert cond.get_total_flops() - plain.get_total_flops() == 2 * macs
     assert plain.get_total_flops() == 2 * 244_318_208
     assert sum(p.numel() for p in vq.decoder.parameters()) == 713_484
+    # the pixel fusion: a 6 -> 3 1x1 conv at 64x64
+    px = build_vqgan({**load_config(COMPACT), "conditional": True, "fuse_pixels": True}).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as fused:
+        px.decode(z, x, known)
+    assert count_branch(px, 64) == (params + 21, macs + 18 * 64 * 64)
+    assert fused.get_total_flops() - plain.get_total_flops() == 2 * (macs + 18 * 64 * 64)
 
 
 # ----------------------------------------------------------------------------- state dicts
@@ -278,11 +304,11 @@ def test_train_step_weighs_the_holes_by_hole_weight():
 
 # ----------------------------------------------------------------------------- training
 
-def recipe(tmp_path, name, steps, masks=None, **training) -> Path:
+def recipe(tmp_path, name, steps, masks=None, fuse_pixels=False, **training) -> Path:
     r = load_config(RECIPE)
-    r.update(mask_bank=16, val_images=16, **({"masks": masks} if masks else {}))
+    r.update(mask_bank=16, val_images=16, fuse_pixels=fuse_pixels, **({"masks": masks} if masks else {}))
     r["training"].update({"max_steps": steps, "batch_size": 8, "warmup_steps": 5, "disc_start": 10 ** 9,
-                          "precision": "fp32", "learning_rate": 5e-3, "token_noise": 0.0,
+                          "precision": "fp32", "learning_rate": 5e-3, "token_noise": 0.0, "hole_weight": 1.0,
                           **training})
     path = tmp_path / f"{name}.yml"
     path.write_text(yaml.safe_dump(r))
@@ -376,6 +402,18 @@ def test_token_noise_teaches_the_decoder_to_keep_known_pixels_the_tokens_contrad
     clean, scrambled = (json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
                         for run in (runs[0], noisy))
     assert scrambled["val_psnr_known_scrambled"] > clean["val_psnr_known_scrambled"] + 0.4, (clean, scrambled)
+
+
+def test_the_pixel_fusion_learns_to_keep_the_known_pixels(setup, runs):
+    """The same 120 steps with `fuse_pixels`: the known region far above the run without it,
+    the holes no worse: 46.8 against 23.7 dB on the known pixels, 18.9 against 19.1 in the
+    holes when written."""
+    root, vq, data = setup
+    px = train(root, recipe(root, "pixels", 120, fuse_pixels=True), root / "pixels", vq, data)
+    levels, pixels = (json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+                      for run in (runs[0], px))
+    assert pixels["val_psnr_known"] > levels["val_psnr_known"] + 15, (levels, pixels)
+    assert pixels["val_psnr_hole"] > levels["val_psnr_hole"] - 0.5, (levels, pixels)
 
 
 def test_resume_gives_the_uninterrupted_run(setup):
@@ -511,6 +549,7 @@ def test_training_conditional_bad_input_is_one_line_error(setup, tiny_vq_ckpt, t
               "training.hole_weight = -1"),
              (["--config", good, "--init", vq, "--set", "training.token_noise=1.5"],
               "training.token_noise = 1.5"),
+             (["--config", good, "--init", vq, "--set", "fuse_pixels=2"], "fuse_pixels = 2 must be true or false"),
              (["--config", good, "--init", vq, "--data", tmp_path / "nope"], "nope")]
     for flags, needle in cases:
         one_line_error(training_conditional.main, base + flags, capsys, needle)

@@ -29,6 +29,12 @@ Shapes for the compact cat-face recipe (R = 64, decoder widths 128 @ 16x16, 64 @
 For the lab's decoder (512 @ 16, 512 @ 32, 256 and 128 @ 64) the branch starts with a 3x3
 conv at 64x64 (factor 1, no unshuffle) and fuses after the middle blocks, after each
 upsampling and before the output head.
+
+With `fuse_pixels`, one more place is the decoder's output itself, and t the masked image:
+    out (B, 3, R, R) + known * W_p [out ; image * known] (B, 6, R, R) -> (B, 3, R, R)
+W_p = [-I, I] copies the known pixels, so the decoder can keep them exactly and spend all
+of its width on the holes (their edge included: it is trained to meet the copied pixels);
+what it learns is measured in the README. W_p is zero at init like every fusion.
 """
 from __future__ import annotations
 
@@ -44,6 +50,9 @@ from runtime.checkpoints import load_weights
 # conditional checkpoint must share with the transformer's tokenizer
 TOKEN_SIDE = ("encoder.", "quant_conv.", "codebook.")
 BRANCH = "cond."
+# W_p is stored divided by this: Adam moves a weight by about lr per step, and a copy needs
+# W_p = +-1, which 1200 steps at lr 5e-4 would not reach from 0
+PIXEL_GAIN = 16.0
 
 
 class MaskBranch(nn.Module):
@@ -58,7 +67,8 @@ class MaskBranch(nn.Module):
     widest decoder level at its resolution.
     """
 
-    def __init__(self, image_channels: int, levels: list[tuple[int, int, int]]):
+    def __init__(self, image_channels: int, levels: list[tuple[int, int, int]],
+                 fuse_pixels: bool = False):
         super().__init__()
         self.levels = list(dict.fromkeys(tuple(level) for level in levels))  # one per place
         self.factors = sorted({f for _, _, f in self.levels})  # finest first
@@ -77,7 +87,9 @@ class MaskBranch(nn.Module):
         self.trunk = nn.ModuleList(stages)
         # one 1x1 conv per fusion place: [h ; t] (B, c + w_f, H, W) -> (B, c, H, W), zero at init
         self.fuse = nn.ModuleList(nn.Conv2d(c + widths[f], c, 1) for _, c, f in self.levels)
-        for conv in self.fuse:
+        # [out ; masked image] (B, 2C, R, R) -> (B, C, R, R), zero at init
+        self.pixels = nn.Conv2d(2 * image_channels, image_channels, 1) if fuse_pixels else None
+        for conv in [*self.fuse, *([self.pixels] if fuse_pixels else [])]:
             nn.init.zeros_(conv.weight)
             nn.init.zeros_(conv.bias)
 
@@ -95,7 +107,8 @@ class MaskBranch(nn.Module):
     def decode(self, decoder: nn.Module, z: torch.Tensor, image: torch.Tensor,
                known: torch.Tensor) -> torch.Tensor:
         """`decoder.model` (an nn.Sequential) layer by layer on z, fusing the branch's features
-        after each layer of `levels`: h + m * W [h ; t]. Returns the decoder's output."""
+        after each layer of `levels`: h + m * W [h ; t], then with `fuse_pixels` the masked
+        image into the output. Returns the decoder's output."""
         feats = self(image, known)
         at = {index: i for i, (index, _, _) in enumerate(self.levels)}
         h = z
@@ -106,6 +119,9 @@ class MaskBranch(nn.Module):
                 t = feats[f].to(h.dtype)                                 # (B, w_f, H, W)
                 m = known_fraction(known, h.shape[-1]).to(h.dtype)      # (B, 1, H, W) in [0, 1]
                 h = h + m * self.fuse[at[j]](torch.cat([h, t], 1))       # (B, c, H, W)
+        if self.pixels is not None:
+            k = known.to(h.dtype)                                        # (B, 1, R, R)
+            h = h + k * PIXEL_GAIN * self.pixels(torch.cat([h, image.to(h.dtype) * k], 1))
         return h
 
 
@@ -192,4 +208,6 @@ def count_branch(vq: nn.Module, image_resolution: int) -> tuple[int, int]:
         macs += conv.weight.numel() * (side // f) ** 2
     for (_, _, f), conv in zip(branch.levels, branch.fuse):
         macs += conv.weight.numel() * (side // f) ** 2
+    if branch.pixels is not None:
+        macs += branch.pixels.weight.numel() * side ** 2
     return params, macs
