@@ -38,7 +38,7 @@ def models(cfg: dict, config: Path, device) -> tuple[torch.nn.Module, torch.nn.M
     cond = build_vqgan({**cfg, "conditional": True, "fuse_pixels": FUSE_PIXELS}, str(config)).to(device).eval()
     load_tokenizer_weights(cond, plain.state_dict(), config, verbose=False)
     with torch.no_grad():
-        for conv in [*cond.cond.fuse, *([cond.cond.pixels] if FUSE_PIXELS else [])]:
+        for conv in cond.cond.fusion_convs():
             conv.weight.normal_(0, 0.02)
     return plain, cond
 

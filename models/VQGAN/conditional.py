@@ -89,9 +89,14 @@ class MaskBranch(nn.Module):
         self.fuse = nn.ModuleList(nn.Conv2d(c + widths[f], c, 1) for _, c, f in self.levels)
         # [out ; masked image] (B, 2C, R, R) -> (B, C, R, R), zero at init
         self.pixels = nn.Conv2d(2 * image_channels, image_channels, 1) if fuse_pixels else None
-        for conv in [*self.fuse, *([self.pixels] if fuse_pixels else [])]:
+        for conv in self.fusion_convs():
             nn.init.zeros_(conv.weight)
             nn.init.zeros_(conv.bias)
+
+    def fusion_convs(self) -> list[nn.Conv2d]:
+        """Every conv that fuses into the decoder, each zero at init: one per level, then the
+        pixel fusion if any."""
+        return [*self.fuse, *([self.pixels] if self.pixels is not None else [])]
 
     def forward(self, image: torch.Tensor, known: torch.Tensor) -> dict[int, torch.Tensor]:
         """-> {factor: t (B, w_f, R/f, R/f)}. Hole pixels are zeroed first, so whatever a
@@ -206,8 +211,7 @@ def count_branch(vq: nn.Module, image_resolution: int) -> tuple[int, int]:
     for f, stage in zip(branch.factors, branch.trunk):
         conv = stage[-1]
         macs += conv.weight.numel() * (side // f) ** 2
-    for (_, _, f), conv in zip(branch.levels, branch.fuse):
+    factors = [f for _, _, f in branch.levels] + [1]  # the pixel fusion, if any, works on pixels
+    for f, conv in zip(factors, branch.fusion_convs()):
         macs += conv.weight.numel() * (side // f) ** 2
-    if branch.pixels is not None:
-        macs += branch.pixels.weight.numel() * side ** 2
     return params, macs
