@@ -26,8 +26,8 @@ import numpy as np
 from PIL import Image
 
 from data import MaskedImageDataset, normalization
-from inpainting import (add_composite_arg, add_conditional_arg, check_schedule_args, inpaint_dataset,
-                        load_maskgit)
+from inpainting import (add_composite_arg, add_conditional_arg, add_token_rule_args, check_schedule_args,
+                        inpaint_dataset, load_maskgit)
 from metrics.fid import calculate_fid_given_paths, save_statistics
 from models.schedules import gamma_func
 from runtime.precision import CHOICES as PRECISIONS, resolve_device, resolve_precision
@@ -60,6 +60,7 @@ def parse_args(argv=None):
                    help="auto: bf16 where the hardware runs it natively, else fp32")
     add_composite_arg(p, "score with the known pixels put back")
     add_conditional_arg(p)
+    add_token_rule_args(p)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if present)")
     return p.parse_args(argv)
 
@@ -182,7 +183,7 @@ def main(argv=None) -> list[dict]:
     precision = resolve_precision(args.precision, device)
     out = ensure_writable_dir(args.out)
     model = load_maskgit(args.load_transformer_ckpt_path, args.MaskGitConfig, device, precision,
-                         args.conditional_vqgan)
+                         args.conditional_vqgan, hole_fill=args.hole_fill, min_known=args.min_known)
     mean, std = normalization(model.vq_config, "test")
     dataset = MaskedImageDataset(masked / "masked_image", masked / "mask64",
                                  model.vq_config["img_resolution"], mean, std)

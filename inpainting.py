@@ -30,7 +30,7 @@ from data import MaskedImageDataset, denormalize, normalization, to_uint8
 from models.compositing import MODES as COMPOSITE_MODES, composite as composite_images
 from models.Transformer.attention import set_fused
 from models.Transformer.int8 import quantize_linears
-from models.VQGAN_Transformer import MaskGit
+from models.VQGAN_Transformer import HOLE_FILLS, MIN_KNOWN, MaskGit
 from runtime.checkpoints import load_checkpoint, load_weights
 from runtime.precision import (CHOICES as PRECISIONS, autocast, channels_last, fused_attention,
                                resolve_device, resolve_precision)
@@ -67,6 +67,7 @@ def parse_args(argv=None):
     p.add_argument("--save-steps", type=int, default=1, help="step pictures for the first N images")
     add_composite_arg(p, "put the known pixels back into the output")
     add_conditional_arg(p)
+    add_token_rule_args(p)
     p.add_argument("--generate", type=int, default=0, metavar="N", help="sample N images from scratch")
     p.add_argument("--gt-path", default=None, help="ground truth (folder/.csv/.npz): print the FID")
     return p.parse_args(argv)
@@ -84,6 +85,16 @@ def add_conditional_arg(p: argparse.ArgumentParser) -> None:
                         "fine-tuned from the transformer's VQGAN), which keeps the known pixels itself")
 
 
+def add_token_rule_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--hole-fill", choices=HOLE_FILLS, default=None,
+                   help="fill the holes before encoding: 'harmonic' from their edge, 'none' encodes "
+                        "the masked image as given, the lab's way (default: the config's, else none)")
+    p.add_argument("--min-known", type=float, default=None,
+                   help="keep a token when at least this fraction of its pixels are known; 1 "
+                        "re-predicts every token that touches a hole (default: the config's, else "
+                        f"{MIN_KNOWN:g})")
+
+
 def check_schedule_args(total_iter: int, sweet_spot: int) -> None:
     if total_iter < 1:
         raise UserError(f"--total-iter {total_iter} must be at least 1")
@@ -92,11 +103,13 @@ def check_schedule_args(total_iter: int, sweet_spot: int) -> None:
 
 
 def load_maskgit(ckpt_path, config_path=None, device="cpu", precision: str = "fp32",
-                 conditional_vqgan=None, int8: bool = False) -> MaskGit:
+                 conditional_vqgan=None, int8: bool = False, hole_fill: str | None = None,
+                 min_known: float | None = None) -> MaskGit:
     """Rebuild MaskGit from a transformer checkpoint (its stored config, EMA weights if any),
     for inference in the resolved `precision` with the kernels of `inference_kernels`. With
     `conditional_vqgan` (a checkpoint path), that conditional VQGAN is attached for decoding.
-    `int8` quantises the transformer's linears (approximate; CPU fp32 only)."""
+    `int8` quantises the transformer's linears (approximate; CPU fp32 only). `hole_fill` and
+    `min_known`, where given, replace the config's token rule (MaskGit.set_token_rule)."""
     if int8 and (torch.device(device).type != "cpu" or precision != "fp32"):
         raise UserError(f"--int8 is a CPU fp32 path, not {precision} on {device}; "
                         f"add --device cpu --precision fp32, or drop --int8")
@@ -107,7 +120,9 @@ def load_maskgit(ckpt_path, config_path=None, device="cpu", precision: str = "fp
         cfg, state = load_config(config_path), ck
     else:
         raise UserError(f"checkpoint {ckpt_path} carries no config; pass --MaskGitConfig")
-    model = MaskGit(cfg["model_param"], where=str(ckpt_path))
+    rule = {k: v for k, v in (("hole_fill", hole_fill), ("min_known", min_known)) if v is not None}
+    model = MaskGit({**cfg["model_param"], **rule},
+                    where=f"{ckpt_path}{' with --hole-fill / --min-known' if rule else ''}")
     load_weights(model.transformer, state, ckpt_path)
     if conditional_vqgan:
         model.attach_conditional_vqgan(conditional_vqgan)
@@ -246,7 +261,8 @@ def main(argv=None):
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
     model = load_maskgit(args.load_transformer_ckpt_path, args.MaskGitConfig, device, precision,
-                         args.conditional_vqgan, int8=args.int8)
+                         args.conditional_vqgan, int8=args.int8, hole_fill=args.hole_fill,
+                         min_known=args.min_known)
     ensure_writable_dir(args.out)
     if args.generate:
         results = generate(model, args.generate, args.out, args.total_iter, args.mask_func,

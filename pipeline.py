@@ -34,7 +34,7 @@ import training_vqgan
 from data import (MaskedImageDataset, denormalize, list_images, make_masked_set,
                   make_synthetic_images, normalization, normalize, to_uint8)
 from data.images import open_image, to_rgb
-from inpainting import add_composite_arg, add_conditional_arg, load_maskgit, inpaint_dataset
+from inpainting import add_composite_arg, add_conditional_arg, add_token_rule_args, load_maskgit, inpaint_dataset
 from metrics.fid import calculate_fid_given_paths, load_images, save_statistics
 from models.compositing import composite
 from models.VQGAN import read_conditional_checkpoint
@@ -85,6 +85,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="masks and decoding")
     add_composite_arg(p, "also score inpainting and floor with the known pixels put back")
     add_conditional_arg(p)
+    add_token_rule_args(p)
     return p.parse_args(argv)
 
 
@@ -256,7 +257,8 @@ def main(argv=None) -> dict:
 
     tr_ckpt, config = train_stages(args, out, timings)
     precision = resolve_precision(args.precision, device, "inpainting precision")
-    model = load_maskgit(tr_ckpt, config, device, precision, args.conditional_vqgan)
+    model = load_maskgit(tr_ckpt, config, device, precision, args.conditional_vqgan,
+                         hole_fill=args.hole_fill, min_known=args.min_known)
     res = model.vq_config["img_resolution"]
 
     t = time.time()
@@ -304,6 +306,7 @@ def main(argv=None) -> dict:
                 "total iterations": args.total_iter,
                 "mask function": args.mask_func or model.gamma.__name__.removeprefix("gamma_"),
                 "sampling temperature": model.decoding(args.temperature)[0],
+                "hole fill before encoding": model.hole_fill, "token kept at known fraction": model.min_known,
                 "seed": args.seed, "device": device}
     if args.conditional_vqgan:
         settings["conditional VQGAN (decodes the result)"] = args.conditional_vqgan

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from runtime.checkpoints import load_checkpoint
 from utils import UserError, check_positive, load_config, require_keys, resolve_path
+from .compositing import harmonic_fill
 from .decoding import iterative_decode, token_unknown_from_pixels
 from .schedules import gamma_func
 from .Transformer import BidirectionalTransformer
@@ -17,6 +18,12 @@ MODEL_KEYS = ["VQ_Configs", "num_image_tokens", "num_codebook_vectors", "choice_
               "gamma_type", "Transformer_param"]
 TRANSFORMER_KEYS = ["num_image_tokens", "num_codebook_vectors", "dim", "n_layers", "hidden_dim"]
 TRANSFORMER_OPTIONAL = ["num_heads", "attn_drop", "dropout", "fused_attention"]
+# how a masked image becomes the tokens decoding starts from (`masked_tokens`) when the
+# config does not say: the lab's way, the masked image encoded as given and every token
+# that touches a hole re-predicted. Our recipes fill the holes first (README: lab-mode FID
+# 36.1 against 51.7 on cat faces, the same checkpoints).
+HOLE_FILLS = ("harmonic", "none")
+HOLE_FILL, MIN_KNOWN = "none", 1.0
 
 
 def load_vqgan(config_path, ckpt_path=None) -> tuple[nn.Module, dict]:
@@ -72,6 +79,7 @@ class MaskGit(nn.Module):
         check_positive({"temperature": self.temperature,
                         "choice_temperature": self.choice_temperature}, where, strict=False)
         self.gamma = self.gamma_func(configs["gamma_type"])
+        self.set_token_rule(configs.get("hole_fill", HOLE_FILL), configs.get("min_known", MIN_KNOWN), where)
         self.transformer = build_transformer(configs["Transformer_param"], where)
         grid = vqgan.latent_resolution
         if (vqgan.num_codebook_vectors != self.mask_token_id
@@ -83,6 +91,19 @@ class MaskGit(nn.Module):
                             f"{self.num_image_tokens} tokens from {self.mask_token_id} codes")
 
     gamma_func = staticmethod(gamma_func)
+
+    def set_token_rule(self, hole_fill: str, min_known: float, where: str) -> None:
+        """How `masked_tokens` reads a masked image: `hole_fill` "harmonic" encodes it with
+        each hole filled by the harmonic function of its edge (the paint in the holes never
+        reaches the encoder, whose receptive field reaches past a token's own patch), "none"
+        encodes it as given (the lab's way); a token is kept when at least `min_known` of its
+        patch's pixels are known (1: every token that touches a hole is re-predicted)."""
+        if hole_fill not in HOLE_FILLS:
+            raise UserError(f"{where}: hole_fill {hole_fill!r} is not one of {', '.join(HOLE_FILLS)}")
+        if isinstance(min_known, bool) or not isinstance(min_known, (int, float)) or not 0 < min_known <= 1:
+            raise UserError(f"{where}: min_known {min_known!r} must be a fraction in (0, 1], "
+                            f"e.g. 1 to re-predict every token that touches a hole")
+        self.hole_fill, self.min_known = hole_fill, float(min_known)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -176,11 +197,13 @@ class MaskGit(nn.Module):
 
     @torch.inference_mode()
     def masked_tokens(self, images: torch.Tensor, known: torch.Tensor, autocast=None) -> torch.Tensor:
-        """The token ids (B, N) of `images`, with [MASK] (K) at every token whose patch
-        touches a hole of `known` (B, 1, R, R), 1 = known."""
+        """The token ids (B, N) of `images`, with [MASK] (K) at every token that the token
+        rule (`set_token_rule`) re-predicts under `known` (B, 1, R, R), 1 = known."""
+        if self.hole_fill == "harmonic":  # linear, so it commutes with the normalisation
+            images = harmonic_fill(images.float(), 1 - known.float())
         with (autocast or contextlib.nullcontext)():
             _, indices = self.encode_to_z(images)
-        unknown = token_unknown_from_pixels(known, self.vqgan.latent_resolution)
+        unknown = token_unknown_from_pixels(known, self.vqgan.latent_resolution, self.min_known)
         return torch.where(unknown, self.mask_token_id, indices)
 
     @torch.inference_mode()

@@ -21,12 +21,13 @@ def gumbel(u: torch.Tensor) -> torch.Tensor:
     return -torch.log(-torch.log(u.clamp(tiny, 1.0 - 1e-7)))
 
 
-def token_unknown_from_pixels(known: torch.Tensor, grid: int) -> torch.Tensor:
+def token_unknown_from_pixels(known: torch.Tensor, grid: int, min_known: float = 1.0) -> torch.Tensor:
     """Pixel mask (B, 1, H, W), 1 = known -> token mask (B, grid*grid), True = unknown.
 
-    A token is known only if every pixel of its patch is known.
+    A token is known when at least `min_known` (in (0, 1]) of its patch's pixels are known;
+    1 re-predicts every token whose patch touches a hole.
     """
-    return (known_fraction(known, grid) < 1).flatten(1)  # (B, grid*grid), row-major
+    return (known_fraction(known, grid) < min_known).flatten(1)  # (B, grid*grid), row-major
 
 
 def num_masked_after(step: int, total_iter: int, n_unknown_start: torch.Tensor,

@@ -224,6 +224,18 @@ def test_token_unknown_from_pixels():
     assert not token_unknown_from_pixels(torch.ones(1, 1, 64, 64), 16).any()
 
 
+def test_min_known_keeps_the_tokens_of_mostly_known_patches():
+    known = torch.ones(1, 1, 64, 64)
+    known[0, 0, 0, 0:4] = 0         # token 0: 12 of 16 pixels known
+    known[0, 0, 4:7, 4:8] = 0       # token 17: 4 of 16
+    known[0, 0, 8, 8] = 0           # token 34: 15 of 16
+    unknown = lambda m: token_unknown_from_pixels(known, 16, m)[0].nonzero().flatten().tolist()
+    assert unknown(1.0) == [0, 17, 34]
+    assert unknown(0.75) == [17]     # 12/16 is kept, exactly at the threshold
+    assert unknown(0.8) == [0, 17]
+    assert unknown(0.25) == [] and unknown(0.26) == [17]
+
+
 def test_known_fraction_is_the_mean_of_each_cell():
     known = torch.ones(1, 1, 8, 8)
     known[0, 0, 0, 0] = 0           # cell (0, 0) of the 2x2-pixel grid: 3 of 4 known

@@ -8,7 +8,8 @@ from PIL import Image
 from conftest import maskgit_tiny_cfg
 from data import MaskedImageDataset, make_masked_set, make_synthetic_images, normalization
 from models.VQGAN_Transformer import MaskGit
-from models.compositing import poisson_blend
+from models.compositing import harmonic_fill, poisson_blend
+from models.decoding import token_unknown_from_pixels
 from runtime.checkpoints import save_checkpoint
 from utils import UserError
 
@@ -138,6 +139,45 @@ def test_composite_keeps_known_pixels(setup, full, tmp_path, flags):
             want = poisson_blend(to01(raw), to01(inputs[name]), torch.from_numpy(known)[None, None])
             assert np.abs(out.astype(int) - np.rint(want[0].movedim(0, -1).numpy() * 255)).max() <= 1
             assert not np.array_equal(out[~known], raw[~known])
+
+
+def test_harmonic_fill_hides_the_paint_in_the_holes(setup):
+    """With hole_fill harmonic the tokens do not depend on what the masked file paints into
+    its holes; encoded as given (the lab's way) they do, since the encoder sees past a patch."""
+    model, images, known = load_model_and_images(setup)
+    noisy = torch.where(known.bool(), images, torch.rand_like(images) * 2 - 1)
+    for fill in ("harmonic", "none"):
+        model.set_token_rule(fill, 1.0, "test")
+        a, b = model.masked_tokens(images, known), model.masked_tokens(noisy, known)
+        assert torch.equal(a == model.mask_token_id, b == model.mask_token_id)
+        assert torch.equal(a, b) == (fill == "harmonic"), fill
+
+
+def test_min_known_keeps_the_filled_images_tokens(setup):
+    """Kept tokens are the encoder's tokens of the harmonically filled image, [MASK] the rest;
+    a lower min_known keeps a superset."""
+    model, images, known = load_model_and_images(setup)
+    _, own = model.encode_to_z(harmonic_fill(images, 1 - known.float()))
+    masked = {}
+    for m in (1.0, 0.5):
+        model.set_token_rule("harmonic", m, "test")
+        tokens = model.masked_tokens(images, known)
+        unknown = token_unknown_from_pixels(known, 16, m)
+        assert torch.equal(tokens, torch.where(unknown, model.mask_token_id, own)), m
+        masked[m] = tokens == model.mask_token_id
+    assert (masked[0.5] <= masked[1.0]).all() and masked[0.5].sum() < masked[1.0].sum()
+
+
+@pytest.mark.parametrize("flags", [["--min-known", "0"], ["--min-known", "1.5"]])
+def test_bad_token_rule(setup, tmp_path, flags):
+    with pytest.raises(UserError, match="min_known"):
+        run(setup, tmp_path, *flags)
+
+
+def test_bad_hole_fill_in_a_config(tiny_vq_ckpt):
+    params = {**maskgit_tiny_cfg(tiny_vq_ckpt)["model_param"], "hole_fill": "telea"}
+    with pytest.raises(UserError, match="hole_fill 'telea'"):
+        MaskGit(params, where="cfg.yml")
 
 
 @pytest.mark.parametrize("flags", [["--sweet-spot", "0"], ["--total-iter", "0"]])
