@@ -168,6 +168,18 @@ def test_min_known_keeps_the_filled_images_tokens(setup):
     assert (masked[0.5] <= masked[1.0]).all() and masked[0.5].sum() < masked[1.0].sum()
 
 
+def test_token_rule_flags_override_the_checkpoints_config(setup, full, tmp_path):
+    ckpt, _ = setup
+    model = inpainting.load_maskgit(ckpt)
+    assert (model.hole_fill, model.min_known) == ("harmonic", 0.5)  # MaskGit_tiny.yml's
+    model = inpainting.load_maskgit(ckpt, hole_fill="none", min_known=1.0)
+    assert (model.hole_fill, model.min_known) == ("none", 1.0)
+    # the lab's way re-predicts more tokens: the first step's picture has more still masked
+    lab = run(setup, tmp_path, "--batch-size", "3", "--hole-fill", "none", "--min-known", "1")
+    first = lambda out: np.asarray(Image.open(out / "mask_scheduling" / "image_000.png"))[:, :64]
+    assert (first(lab) == 0).sum() > (first(full) == 0).sum()
+
+
 @pytest.mark.parametrize("flags", [["--min-known", "0"], ["--min-known", "1.5"]])
 def test_bad_token_rule(setup, tmp_path, flags):
     with pytest.raises(UserError, match="min_known"):
