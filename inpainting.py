@@ -121,8 +121,7 @@ def load_maskgit(ckpt_path, config_path=None, device="cpu", precision: str = "fp
     else:
         raise UserError(f"checkpoint {ckpt_path} carries no config; pass --MaskGitConfig")
     rule = {k: v for k, v in (("hole_fill", hole_fill), ("min_known", min_known)) if v is not None}
-    model = MaskGit({**cfg["model_param"], **rule},
-                    where=f"{ckpt_path}{' with --hole-fill / --min-known' if rule else ''}")
+    model = MaskGit({**cfg["model_param"], **rule}, where=str(ckpt_path))
     load_weights(model.transformer, state, ckpt_path)
     if conditional_vqgan:
         model.attach_conditional_vqgan(conditional_vqgan)

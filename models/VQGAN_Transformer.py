@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from runtime.checkpoints import load_checkpoint
-from utils import UserError, check_positive, load_config, require_keys, resolve_path
+from utils import UserError, check_positive, check_probability, load_config, require_keys, resolve_path
 from .compositing import harmonic_fill
 from .decoding import iterative_decode, token_unknown_from_pixels
 from .schedules import gamma_func
@@ -100,9 +100,8 @@ class MaskGit(nn.Module):
         patch's pixels are known (1: every token that touches a hole is re-predicted)."""
         if hole_fill not in HOLE_FILLS:
             raise UserError(f"{where}: hole_fill {hole_fill!r} is not one of {', '.join(HOLE_FILLS)}")
-        if isinstance(min_known, bool) or not isinstance(min_known, (int, float)) or not 0 < min_known <= 1:
-            raise UserError(f"{where}: min_known {min_known!r} must be a fraction in (0, 1], "
-                            f"e.g. 1 to re-predict every token that touches a hole")
+        check_positive({"min_known": min_known}, where)  # with the next: a fraction in (0, 1]
+        check_probability({"min_known": min_known}, where)
         self.hole_fill, self.min_known = hole_fill, float(min_known)
 
     def train(self, mode: bool = True):
