@@ -14,9 +14,10 @@ and stage-2 checkpoints stay valid; the decoder, post_quant_conv and the branch 
 the stage-1 losses (L1 + optional L2, with the hole pixels weighted by `hole_weight`; the
 codebook term (constant here); from `disc_start` the adaptively weighted hinge PatchGAN;
 no FID network in any loss). With `fuse_pixels` the branch also fuses the masked image
-into the output, so the decoder can keep the known pixels exactly. With `token_noise` p,
-each token of a partly known cell is a random code with probability p, as the
-transformer's guesses there can be at inpainting time
+into the output, so the decoder can keep the known pixels exactly; with `hole_guide` it reads
+the holes filled from the known pixels around them, and fuses into the hole cells too. With
+`token_noise` p, each token of a partly known cell is a random code with probability p, as
+the transformer's guesses there can be at inpainting time
 (models/VQGAN/conditional.scramble_partly_known). Every
 image gets a mask from the config's `masks` mix (data/mask_mix.py: lab-like, box,
 outpaint, all-hole, hole-free). Validation decodes the val images' own tokens under the
@@ -62,7 +63,8 @@ from training_vqgan import add_run_args, train_step
 from utils import (UserError, apply_overrides, check_positive, check_probability, ensure_writable_dir,
                    load_config, require_keys, resolve_path, run_cli)
 
-RECIPE_KEYS = ["init", "vqgan_config", "fuse_pixels", "masks", "mask_bank", "val_images", "training"]
+RECIPE_KEYS = ["init", "vqgan_config", "fuse_pixels", "hole_guide", "masks", "mask_bank", "val_images",
+               "training"]
 TRAIN_KEYS = ["max_steps", "warmup_steps", "min_lr_ratio", "batch_size", "learning_rate", "betas",
               "l2_weight", "hole_weight", "token_noise", "disc_start", "disc_weight", "disc_channels", "disc_layers",
               "precision", "seed"]

@@ -60,6 +60,25 @@ def harmonic_fill(values: torch.Tensor, hole: torch.Tensor, rtol: float = 1e-5,
     return torch.where(hole.bool(), d, values)
 
 
+def pyramid_fill(values: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """`values` outside the holes, and in each hole pixel the mean of the known pixels in
+    the finest pyramid cell around it that has any, upsampled bilinearly from cell to cell
+    (pull-push; Gortler et al. 1996, "The Lumigraph"): a smooth fill in a few poolings,
+    where harmonic_fill's solve takes hundreds of steps on a large hole.
+
+    values: (B, C, H, W), read where `known` (B, 1, H, W) is 1; 0 everywhere when nothing
+    is known.
+    """
+    known = known.to(values.dtype)
+    if min(values.shape[-2:]) == 1:
+        return values * known
+    weight = F.avg_pool2d(known, 2, ceil_mode=True)  # (B, 1, H/2, W/2): known fraction
+    mean = F.avg_pool2d(values * known, 2, ceil_mode=True) / weight.clamp_min(torch.finfo(values.dtype).tiny)
+    coarse = pyramid_fill(mean, (weight > 0).to(values.dtype))
+    up = F.interpolate(coarse, size=values.shape[-2:], mode="bilinear", align_corners=False)
+    return torch.where(known.bool(), values, up)
+
+
 def poisson_blend(generated: torch.Tensor, image: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
     """Seamless cloning of `generated` into the holes of `image`: the hole gets
     generated + h, where h is harmonic in the hole and equals image - generated on the

@@ -3,7 +3,7 @@ checked against a dense linear solve built here pixel by pixel."""
 import pytest
 import torch
 
-from models.compositing import composite, harmonic_fill, neighbour_sum, paste, poisson_blend
+from models.compositing import composite, harmonic_fill, neighbour_sum, paste, poisson_blend, pyramid_fill
 
 
 def random_case(b=3, c=3, h=9, w=7, hole_fraction=0.4, seed=0):
@@ -92,6 +92,29 @@ def test_no_known_pixel_and_no_hole():
     nothing_known = torch.zeros(1, 1, *image.shape[-2:], dtype=torch.bool)
     assert torch.equal(poisson_blend(generated, image, nothing_known), generated)
     assert torch.equal(poisson_blend(generated, image, ~nothing_known), image)
+
+
+def test_pyramid_fill_keeps_the_known_pixels_and_fills_from_them():
+    image, known, g = random_case(b=4, h=16, w=16, hole_fraction=0.6)
+    known = known.float()
+    out = pyramid_fill(image, known)
+    assert torch.equal(out * known, image * known)
+    painted = torch.where(known.bool(), image, torch.rand(image.shape, generator=g))
+    assert torch.equal(pyramid_fill(painted, known), out)  # the hole's paint never matters
+    # each hole pixel is a weighted mean of known pixels: inside their range, per channel
+    lo = torch.where(known.bool(), image, torch.inf).amin((-2, -1), keepdim=True)
+    hi = torch.where(known.bool(), image, -torch.inf).amax((-2, -1), keepdim=True)
+    assert ((out >= lo - 1e-6) & (out <= hi + 1e-6)).all()
+    flat = torch.full_like(image, 0.3)
+    torch.testing.assert_close(pyramid_fill(flat, known), flat, atol=1e-6, rtol=0)
+    assert torch.equal(pyramid_fill(image, torch.zeros_like(known)), torch.zeros_like(image))
+    assert torch.equal(pyramid_fill(image, torch.ones_like(known)), image)
+
+
+def test_pyramid_fill_takes_the_mean_of_the_enclosing_cell():
+    values = torch.tensor([[[[0.1, 0.2], [0.6, 0.9]]]])   # (1, 1, 2, 2)
+    known = torch.tensor([[[[1.0, 1.0], [1.0, 0.0]]]])
+    assert pyramid_fill(values, known)[0, 0, 1, 1].item() == pytest.approx(0.3)
 
 
 def test_composite_modes():

@@ -64,7 +64,7 @@ def randomise_fusion(vq, seed: int = 1):
     """Fusion weights away from zero, as after training."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for conv in vq.cond.fuse:
+        for conv in [*vq.cond.fuse, *(vq.cond.fuse_holes or [])]:
             conv.weight.copy_(0.1 * torch.randn(conv.weight.shape, generator=g))
             conv.bias.copy_(0.1 * torch.randn(conv.bias.shape, generator=g))
 
@@ -81,10 +81,10 @@ def inputs(n=3, seed=0):
 
 # ----------------------------------------------------------------------------- the branch
 
-@pytest.mark.parametrize("fuse_pixels", [False, True])
+@pytest.mark.parametrize("branch", [{}, {"fuse_pixels": True}, {"hole_guide": True}])
 @pytest.mark.parametrize("kind", CONFIGS)
-def test_at_init_the_output_is_the_plain_decoders_bit_for_bit(kind, fuse_pixels):
-    plain, cond = pair(kind, fuse_pixels=fuse_pixels)
+def test_at_init_the_output_is_the_plain_decoders_bit_for_bit(kind, branch):
+    plain, cond = pair(kind, **branch)
     images, tokens, known = inputs()
     with torch.no_grad():
         want = plain.decode_indices(tokens)
@@ -109,6 +109,29 @@ def test_an_all_hole_mask_ignores_the_masked_image(kind):
         live = cond.decode_indices(tokens, images, known)
         assert torch.equal(live, cond.decode_indices(tokens, mixed, known))
         assert not torch.equal(live, out)
+
+
+@pytest.mark.parametrize("kind", CONFIGS)
+def test_the_hole_guide_fuses_into_hole_cells_and_ignores_the_hole_paint(kind):
+    plain, cond = pair(kind, hole_guide=True)
+    randomise_fusion(cond)
+    with torch.no_grad():
+        for conv in cond.cond.fuse:  # the known cells' fusion off: what is left is V's
+            conv.weight.zero_(), conv.bias.zero_()
+    images, tokens, known = inputs()
+    other = torch.rand_like(images)
+    with torch.no_grad():
+        # hole-free: no hole cell, so V never acts
+        assert torch.equal(cond.decode_indices(tokens, images, torch.ones_like(known)),
+                           plain.decode_indices(tokens))
+        live = cond.decode_indices(tokens, images, known)
+        assert torch.equal(live, cond.decode_indices(tokens, torch.where(known.bool(), images, other), known))
+        # the hole cells read the known pixels through the fill
+        swapped = torch.where(known.bool(), other, images)
+        assert not torch.equal(live, cond.decode_indices(tokens, swapped, known))
+        nothing = torch.zeros_like(known)
+        assert torch.equal(cond.decode_indices(tokens, images, nothing),
+                           cond.decode_indices(tokens, other, nothing))
 
 
 @pytest.mark.parametrize("kind", CONFIGS)
@@ -304,9 +327,10 @@ def test_train_step_weighs_the_holes_by_hole_weight():
 
 # ----------------------------------------------------------------------------- training
 
-def recipe(tmp_path, name, steps, masks=None, fuse_pixels=False, **training) -> Path:
+def recipe(tmp_path, name, steps, masks=None, fuse_pixels=False, hole_guide=False, **training) -> Path:
     r = load_config(RECIPE)
-    r.update(mask_bank=16, val_images=16, fuse_pixels=fuse_pixels, **({"masks": masks} if masks else {}))
+    r.update(mask_bank=16, val_images=16, fuse_pixels=fuse_pixels, hole_guide=hole_guide,
+             **({"masks": masks} if masks else {}))
     r["training"].update({"max_steps": steps, "batch_size": 8, "warmup_steps": 5, "disc_start": 10 ** 9,
                           "precision": "fp32", "learning_rate": 5e-3, "token_noise": 0.0, "hole_weight": 1.0,
                           **training})
@@ -414,6 +438,22 @@ def test_the_pixel_fusion_learns_to_keep_the_known_pixels(setup, runs):
                       for run in (runs[0], px))
     assert pixels["val_psnr_known"] > levels["val_psnr_known"] + 15, (levels, pixels)
     assert pixels["val_psnr_hole"] > levels["val_psnr_hole"] - 0.5, (levels, pixels)
+
+
+def test_the_hole_guide_trains_and_round_trips(setup, runs):
+    """The same 120 steps with `hole_guide`: its convs leave zero, the checkpoint carries
+    them and loads back, and the holes gain over the run without it: 21.8 against 19.1 dB
+    when written (the known pixels 25.0 against 23.7)."""
+    root, vq, data = setup
+    guided = train(root, recipe(root, "guided", 120, hole_guide=True), root / "guided", vq, data)
+    ck = load_checkpoint(guided / "last.pt")
+    assert ck["config"]["hole_guide"] is True
+    assert any(k.startswith("cond.fuse_holes.") and v.abs().sum() > 0 for k, v in ck["model"].items())
+    model, _ = load_vqgan("unused.yml", guided / "last.pt")
+    assert model.cond.fuse_holes is not None
+    levels, holes = (json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+                     for run in (runs[0], guided))
+    assert holes["val_psnr_hole"] > levels["val_psnr_hole"] + 1.5, (levels, holes)
 
 
 def test_resume_gives_the_uninterrupted_run(setup):
@@ -550,6 +590,8 @@ def test_training_conditional_bad_input_is_one_line_error(setup, tiny_vq_ckpt, t
              (["--config", good, "--init", vq, "--set", "training.token_noise=1.5"],
               "training.token_noise = 1.5"),
              (["--config", good, "--init", vq, "--set", "fuse_pixels=2"], "fuse_pixels = 2 must be true or false"),
+             (["--config", good, "--init", vq, "--set", "hole_guide=yes please"],
+              "hole_guide = 'yes please' must be true or false"),
              (["--config", good, "--init", vq, "--data", tmp_path / "nope"], "nope")]
     for flags, needle in cases:
         one_line_error(training_conditional.main, base + flags, capsys, needle)

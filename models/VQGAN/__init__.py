@@ -3,7 +3,8 @@
 `VQGAN` has the lab's module tree (its pretrained VQGAN.pt loads with strict=True);
 `CompactVQGAN` is the CPU recipe's own architecture. A config picks one with
 `architecture:` (absent means the lab's); `conditional: true` adds the mask-conditioned
-decoder branch of conditional.py to either, and `fuse_pixels: true` its pixel-space fusion.
+decoder branch of conditional.py to either, `fuse_pixels: true` its pixel-space fusion and
+`hole_guide: true` its hole-filled input with hole-cell fusion.
 """
 from runtime.checkpoints import load_checkpoint
 from utils import UserError
@@ -22,7 +23,7 @@ def build_vqgan(cfg: dict, where: str = "VQGAN config"):
     if arch not in ARCHITECTURES:
         raise UserError(f"{where}: unknown architecture '{arch}'; choose one of "
                         f"{', '.join(ARCHITECTURES)}")
-    for key in ("conditional", "fuse_pixels"):
+    for key in ("conditional", "fuse_pixels", "hole_guide"):
         if not isinstance(cfg.get(key, False), bool):
             raise UserError(f"{where}: {key} = {cfg[key]!r} must be true or false")
     return ARCHITECTURES[arch].from_config(cfg, where)

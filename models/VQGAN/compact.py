@@ -30,7 +30,7 @@ from .tokenizer import Tokenizer
 ARCH_KEYS = ["image_channels", "img_resolution", "latent_resolution", "num_codebook_vectors",
              "code_dim", "channels", "enc_res_blocks", "dec_res_blocks", "beta", "ema_decay",
              "norm_groups"]
-OPTIONAL_KEYS = {"conditional": False, "fuse_pixels": False}
+OPTIONAL_KEYS = {"conditional": False, "fuse_pixels": False, "hole_guide": False}
 
 
 class ResBlock(nn.Module):
@@ -111,7 +111,7 @@ class CompactVQGAN(Tokenizer):
                  num_codebook_vectors: int, code_dim: int, channels: list[int],
                  enc_res_blocks: list[int], dec_res_blocks: list[int], beta: float = 0.25,
                  ema_decay: float = 0.0, norm_groups: int = 0, conditional: bool = False,
-                 fuse_pixels: bool = False):
+                 fuse_pixels: bool = False, hole_guide: bool = False):
         super().__init__()
         halvings = math.log2(img_resolution / latent_resolution)
         if halvings != len(channels) or not halvings.is_integer():
@@ -124,7 +124,8 @@ class CompactVQGAN(Tokenizer):
         self.encoder = CompactEncoder(image_channels, channels, enc_res_blocks, code_dim, norm_groups)
         self.decoder = CompactDecoder(image_channels, channels, dec_res_blocks, code_dim, norm_groups)
         self.codebook = FactorizedCodebook(num_codebook_vectors, code_dim, beta, ema_decay)
-        self.cond = MaskBranch(image_channels, self.decoder.fusion_levels, fuse_pixels) if conditional else None
+        self.cond = MaskBranch(image_channels, self.decoder.fusion_levels, fuse_pixels,
+                                hole_guide) if conditional else None
 
     @classmethod
     def from_config(cls, cfg: dict, where: str = "VQGAN config") -> "CompactVQGAN":

@@ -35,6 +35,14 @@ With `fuse_pixels`, one more place is the decoder's output itself, and t the mas
 W_p = [-I, I] copies the known pixels, so the decoder can keep them exactly and spend all
 of its width on the holes (their edge included: it is trained to meet the copied pixels);
 what it learns is measured in the README. W_p is zero at init like every fusion.
+
+With `hole_guide`, the branch reads the masked image with its holes filled smoothly from
+the known pixels around them (models.compositing.pyramid_fill), so a hole cell's features
+say what colour its surroundings ask for, as the membrane of a Poisson blend does, and the
+hole cells fuse too, through their own zero-initialised convs V:
+    h <- h + m * W [h ; t] + (1 - m) * V [h ; t]
+The fill reads the known pixels only, and is 0 under an all-hole mask, so the output still
+ignores the masked image there (it is then the plain decoder plus V's image-free term).
 """
 from __future__ import annotations
 
@@ -44,6 +52,7 @@ import torch
 import torch.nn as nn
 
 from models.cells import known_fraction
+from models.compositing import pyramid_fill
 from runtime.checkpoints import load_weights
 
 # state_dict prefixes the token ids depend on: frozen by conditional training, and what a
@@ -68,7 +77,7 @@ class MaskBranch(nn.Module):
     """
 
     def __init__(self, image_channels: int, levels: list[tuple[int, int, int]],
-                 fuse_pixels: bool = False):
+                 fuse_pixels: bool = False, hole_guide: bool = False):
         super().__init__()
         self.levels = list(dict.fromkeys(tuple(level) for level in levels))  # one per place
         self.factors = sorted({f for _, _, f in self.levels})  # finest first
@@ -87,6 +96,9 @@ class MaskBranch(nn.Module):
         self.trunk = nn.ModuleList(stages)
         # one 1x1 conv per fusion place: [h ; t] (B, c + w_f, H, W) -> (B, c, H, W), zero at init
         self.fuse = nn.ModuleList(nn.Conv2d(c + widths[f], c, 1) for _, c, f in self.levels)
+        # with the guide, the same for the hole cells: [h ; t] -> (B, c, H, W), zero at init
+        self.fuse_holes = nn.ModuleList(nn.Conv2d(c + widths[f], c, 1) for _, c, f in self.levels) \
+            if hole_guide else None
         # [out ; masked image] (B, 2C, R, R) -> (B, C, R, R), zero at init
         self.pixels = nn.Conv2d(2 * image_channels, image_channels, 1) if fuse_pixels else None
         for conv in self.fusion_convs():
@@ -96,13 +108,17 @@ class MaskBranch(nn.Module):
     def fusion_convs(self) -> list[nn.Conv2d]:
         """Every conv that fuses into the decoder, each zero at init: one per level, then the
         pixel fusion if any."""
-        return [*self.fuse, *([self.pixels] if self.pixels is not None else [])]
+        return [*self.fuse, *(self.fuse_holes or []), *([self.pixels] if self.pixels is not None else [])]
 
     def forward(self, image: torch.Tensor, known: torch.Tensor) -> dict[int, torch.Tensor]:
-        """-> {factor: t (B, w_f, R/f, R/f)}. Hole pixels are zeroed first, so whatever a
-        masked file paints into its holes (the suite's grey) never reaches the decoder."""
+        """-> {factor: t (B, w_f, R/f, R/f)}. Hole pixels are zeroed first (or, with the guide,
+        filled from the known ones), so whatever a masked file paints into its holes (the
+        suite's grey) never reaches the decoder."""
         known = known.to(image.dtype)
-        x = torch.cat([image * known, known], 1)  # (B, C+1, R, R)
+        seen = image * known
+        if self.fuse_holes is not None:
+            seen = pyramid_fill(seen, known)
+        x = torch.cat([seen, known], 1)  # (B, C+1, R, R)
         feats = {}
         for f, stage in zip(self.factors, self.trunk):
             x = stage(x)
@@ -123,7 +139,11 @@ class MaskBranch(nn.Module):
                 _, _, f = self.levels[at[j]]
                 t = feats[f].to(h.dtype)                                 # (B, w_f, H, W)
                 m = known_fraction(known, h.shape[-1]).to(h.dtype)      # (B, 1, H, W) in [0, 1]
-                h = h + m * self.fuse[at[j]](torch.cat([h, t], 1))       # (B, c, H, W)
+                ht = torch.cat([h, t], 1)
+                fused = m * self.fuse[at[j]](ht)                          # (B, c, H, W)
+                if self.fuse_holes is not None:
+                    fused = fused + (1 - m) * self.fuse_holes[at[j]](ht)
+                h = h + fused
         if self.pixels is not None:
             k = known.to(h.dtype)                                        # (B, 1, R, R)
             h = h + k * PIXEL_GAIN * self.pixels(torch.cat([h, image.to(h.dtype) * k], 1))

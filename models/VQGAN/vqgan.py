@@ -18,7 +18,8 @@ ARCH_KEYS = ["image_channels", "enc_channels", "dec_channels", "latent_dim", "im
              "latent_resolution", "num_codebook_vectors", "beta"]
 # Keys with the lab's values as defaults, so the lab's VQGAN.yml works unchanged.
 ARCH_DEFAULTS = {"enc_num_res_blocks": 2, "dec_num_res_blocks": 3, "attn_resolutions": [16],
-                 "norm_groups": 32, "conditional": False, "fuse_pixels": False}
+                 "norm_groups": 32, "conditional": False, "fuse_pixels": False,
+                 "hole_guide": False}
 
 
 class VQGAN(Tokenizer):
@@ -26,7 +27,7 @@ class VQGAN(Tokenizer):
                  latent_dim: int, img_resolution: int, latent_resolution: int,
                  num_codebook_vectors: int, beta: float, enc_num_res_blocks: int = 2,
                  dec_num_res_blocks: int = 3, attn_resolutions=(16,), norm_groups: int = 32,
-                 conditional: bool = False, fuse_pixels: bool = False):
+                 conditional: bool = False, fuse_pixels: bool = False, hole_guide: bool = False):
         super().__init__()
         self.latent_resolution = latent_resolution
         self.num_codebook_vectors = num_codebook_vectors
@@ -38,7 +39,8 @@ class VQGAN(Tokenizer):
         self.codebook = Codebook(num_codebook_vectors, latent_dim, beta)
         self.quant_conv = nn.Conv2d(latent_dim, latent_dim, 1)
         self.post_quant_conv = nn.Conv2d(latent_dim, latent_dim, 1)
-        self.cond = MaskBranch(image_channels, self.decoder.fusion_levels, fuse_pixels) if conditional else None
+        self.cond = MaskBranch(image_channels, self.decoder.fusion_levels, fuse_pixels,
+                                hole_guide) if conditional else None
 
     @classmethod
     def from_config(cls, cfg: dict, where: str = "VQGAN config") -> "VQGAN":
