@@ -27,15 +27,16 @@ from utils import load_config  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 MODELS = {"cat-face recipe (CompactVQGAN)": "VQGAN_catface_compact.yml", "lab VQGAN": "VQGAN.yml"}
-# the branch the conditional recipe trains, with or without its pixel-space fusion
-FUSE_PIXELS = load_config(CONFIGS / "VQGAN_catface_conditional.yml")["fuse_pixels"]
+# the branch the conditional recipe trains: its pixel-space fusion and hole guide as it sets them
+RECIPE = load_config(CONFIGS / "VQGAN_catface_conditional.yml")
+BRANCH = {k: RECIPE[k] for k in ("fuse_pixels", "hole_guide")}
 
 
 def models(cfg: dict, config: Path, device) -> tuple[torch.nn.Module, torch.nn.Module]:
     """(plain VQGAN, the same weights with a conditional branch whose fusion is non-zero)."""
     torch.manual_seed(0)
     plain = build_vqgan(cfg, str(config)).to(device).eval()
-    cond = build_vqgan({**cfg, "conditional": True, "fuse_pixels": FUSE_PIXELS}, str(config)).to(device).eval()
+    cond = build_vqgan({**cfg, "conditional": True, **BRANCH}, str(config)).to(device).eval()
     load_tokenizer_weights(cond, plain.state_dict(), config, verbose=False)
     with torch.no_grad():
         for conv in cond.cond.fusion_convs():
