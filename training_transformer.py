@@ -129,15 +129,13 @@ def load_tokens(model: MaskGit, folder, split: str, args, device) -> torch.Tenso
     return cached_tokens(model.vqgan, model.vq_ckpt, images, mean, std, device, args.token_cache, flip)
 
 
-def hole_regions(count: int, resolution: int, grid: int, seed: int,
-                 min_known: float = 1.0) -> torch.Tensor:
-    """(count, grid*grid) bool: the tokens that `count` lab-style holes leave unknown under
-    the model's token rule (`min_known`, as inpainting re-predicts them; drawn once,
+def hole_regions(count: int, resolution: int, grid: int, seed: int) -> torch.Tensor:
+    """(count, grid*grid) bool: the tokens under `count` lab-style holes (drawn once;
     training samples from this pool). A 3-entry seed keeps the stream apart from every
     masked test set, whose masks come from 2-entry seeds (data.masks.mask_rng)."""
     rng = np.random.default_rng([seed, 1, 1])
     known = np.stack([lab_mask(rng, resolution) == KNOWN for _ in range(count)])
-    return token_unknown_from_pixels(torch.from_numpy(known).unsqueeze(1), grid, min_known)
+    return token_unknown_from_pixels(torch.from_numpy(known).unsqueeze(1), grid)
 
 
 @torch.no_grad()
@@ -173,8 +171,7 @@ def main(argv=None):
         if tp["masking"] != "maskgit":
             raise UserError(f"{args.MaskGitConfig}: hole_masking needs masking: maskgit")
         vq = model.vq_config
-        holes = hole_regions(HOLE_POOL, vq["img_resolution"], vq["latent_resolution"], tp["seed"],
-                             model.min_known)
+        holes = hole_regions(HOLE_POOL, vq["img_resolution"], vq["latent_resolution"], tp["seed"])
     opt = build_optimizer(transformer, tp)
     bs, accum = tp["batch_size"], tp["accum_grad"]
     steps_per_epoch = train_tokens.shape[1] // (bs * world * accum)
