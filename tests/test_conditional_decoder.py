@@ -232,6 +232,14 @@ def test_the_branch_costs_what_a_flop_count_says():
         px.decode(z, x, known)
     assert count_branch(px, 64) == (params + 21, macs + 18 * 64 * 64)
     assert fused.get_total_flops() - plain.get_total_flops() == 2 * (macs + 18 * 64 * 64)
+    # the hole guide: the fusion convs once more (the pyramid fill only pools and interpolates)
+    guided = build_vqgan({**load_config(COMPACT), "conditional": True, "hole_guide": True}).eval()
+    fuse = sum(c.weight.numel() * (64 // f) ** 2 for (_, _, f), c in zip(guided.cond.levels, guided.cond.fuse))
+    with torch.no_grad(), FlopCounterMode(display=False) as both:
+        guided.decode(z, x, known)
+    assert count_branch(guided, 64) == (params + sum(p.numel() for p in guided.cond.fuse.parameters()),
+                                        macs + fuse)
+    assert both.get_total_flops() - plain.get_total_flops() == 2 * (macs + fuse)
 
 
 # ----------------------------------------------------------------------------- state dicts

@@ -231,7 +231,9 @@ def count_branch(vq: nn.Module, image_resolution: int) -> tuple[int, int]:
     for f, stage in zip(branch.factors, branch.trunk):
         conv = stage[-1]
         macs += conv.weight.numel() * (side // f) ** 2
-    factors = [f for _, _, f in branch.levels] + [1]  # the pixel fusion, if any, works on pixels
-    for f, conv in zip(factors, branch.fusion_convs()):
+    places = [f for _, _, f in branch.levels]
+    fusions = [*zip(places, branch.fuse), *zip(places, branch.fuse_holes or []),
+               *([(1, branch.pixels)] if branch.pixels is not None else [])]  # pixels: at 1x
+    for f, conv in fusions:
         macs += conv.weight.numel() * (side // f) ** 2
     return params, macs
