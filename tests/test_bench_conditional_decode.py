@@ -1,6 +1,6 @@
 """The conditional-decode benchmark compares like with like: the conditional model shares
-the plain one's weights (an all-hole mask decodes to the same pixels), its filled fusion
-does real work under a lab mask, and a quick run gives one finite row per model."""
+the plain one's weights, its filled fusion does real work under a mask, and a quick run
+gives one finite row per model."""
 import math
 
 import torch
@@ -19,13 +19,21 @@ def test_models_share_weights_and_the_branch_acts():
     r = cfg["latent_resolution"]
     indices = torch.randint(0, cfg["num_codebook_vectors"], (2, r * r), generator=torch.Generator().manual_seed(0))
     image = torch.rand(2, 3, 64, 64) * 2 - 1
+    cond_state = cond.state_dict()
+    assert all(torch.equal(v, cond_state[k]) for k, v in plain.state_dict().items())
     with torch.no_grad():
         ref = plain.decode_indices(indices)
-        holes = cond.decode_indices(indices, image, torch.zeros(2, 1, 64, 64))
+        nothing = torch.zeros(2, 1, 64, 64)
+        holes = cond.decode_indices(indices, image, nothing)
         half = torch.ones(2, 1, 64, 64)
         half[..., 32:] = 0
         fused = cond.decode_indices(indices, image, half)
-    torch.testing.assert_close(holes, ref, rtol=0, atol=1e-6)
+        other = cond.decode_indices(indices, torch.rand_like(image), nothing)
+        for conv in cond.cond.fuse_holes or []:  # the hole guide's fusion acts in hole cells
+            conv.weight.zero_(), conv.bias.zero_()
+        alone = cond.decode_indices(indices, image, nothing)
+    assert torch.equal(holes, other)  # an all-hole mask ignores the masked image
+    torch.testing.assert_close(alone, ref, rtol=0, atol=1e-6)  # and the rest is the plain decoder
     assert (fused - ref).abs().max() > 1e-3
 
 
