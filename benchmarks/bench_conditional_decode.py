@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import Row, interleaved_wall_cpu, machine, masked_batch, table  # noqa: E402
 from models.VQGAN import build_vqgan  # noqa: E402
-from models.VQGAN.conditional import count_branch, load_tokenizer_weights  # noqa: E402
+from models.VQGAN.conditional import BRANCH_OPTIONS, count_branch, load_tokenizer_weights  # noqa: E402
 from runtime.precision import autocast, resolve_device, resolve_precision  # noqa: E402
 from utils import load_config  # noqa: E402
 
@@ -29,7 +29,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 MODELS = {"cat-face recipe (CompactVQGAN)": "VQGAN_catface_compact.yml", "lab VQGAN": "VQGAN.yml"}
 # the branch the conditional recipe trains: its pixel-space fusion and hole guide as it sets them
 RECIPE = load_config(CONFIGS / "VQGAN_catface_conditional.yml")
-BRANCH = {k: RECIPE[k] for k in ("fuse_pixels", "hole_guide")}
+BRANCH = {k: RECIPE[k] for k in BRANCH_OPTIONS}
 
 
 def models(cfg: dict, config: Path, device) -> tuple[torch.nn.Module, torch.nn.Module]:

@@ -10,7 +10,7 @@ from runtime.checkpoints import load_checkpoint
 from utils import UserError
 from .codebook import Codebook, codebook_usage
 from .compact import CompactVQGAN
-from .conditional import BRANCH, load_tokenizer_weights, same_tokens
+from .conditional import BRANCH, BRANCH_OPTIONS, load_tokenizer_weights, same_tokens
 from .factorized_codebook import FactorizedCodebook
 from .vqgan import VQGAN
 
@@ -23,7 +23,7 @@ def build_vqgan(cfg: dict, where: str = "VQGAN config"):
     if arch not in ARCHITECTURES:
         raise UserError(f"{where}: unknown architecture '{arch}'; choose one of "
                         f"{', '.join(ARCHITECTURES)}")
-    for key in ("conditional", "fuse_pixels", "hole_guide"):
+    for key in ("conditional", *BRANCH_OPTIONS):
         if not isinstance(cfg.get(key, False), bool):
             raise UserError(f"{where}: {key} = {cfg[key]!r} must be true or false")
     return ARCHITECTURES[arch].from_config(cfg, where)

@@ -23,14 +23,14 @@ import torch
 import torch.nn as nn
 
 from utils import UserError, require_keys
-from .conditional import MaskBranch
+from .conditional import BRANCH_OPTIONS, MaskBranch
 from .factorized_codebook import FactorizedCodebook
 from .tokenizer import Tokenizer
 
 ARCH_KEYS = ["image_channels", "img_resolution", "latent_resolution", "num_codebook_vectors",
              "code_dim", "channels", "enc_res_blocks", "dec_res_blocks", "beta", "ema_decay",
              "norm_groups"]
-OPTIONAL_KEYS = {"conditional": False, "fuse_pixels": False, "hole_guide": False}
+OPTIONAL_KEYS = {"conditional": False, **BRANCH_OPTIONS}
 
 
 class ResBlock(nn.Module):

@@ -59,6 +59,8 @@ from runtime.checkpoints import load_weights
 # conditional checkpoint must share with the transformer's tokenizer
 TOKEN_SIDE = ("encoder.", "quant_conv.", "codebook.")
 BRANCH = "cond."
+# the branch's options, off unless a config says true (the keys build_vqgan takes)
+BRANCH_OPTIONS = {"fuse_pixels": False, "hole_guide": False}
 # W_p is stored divided by this: Adam moves a weight by about lr per step, and a copy needs
 # W_p = +-1, which 1200 steps at lr 5e-4 would not reach from 0
 PIXEL_GAIN = 16.0

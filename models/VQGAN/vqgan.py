@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from utils import UserError, require_keys
 from .codebook import Codebook
-from .conditional import MaskBranch
+from .conditional import BRANCH_OPTIONS, MaskBranch
 from .decoder import Decoder
 from .encoder import Encoder
 from .tokenizer import Tokenizer
@@ -18,8 +18,7 @@ ARCH_KEYS = ["image_channels", "enc_channels", "dec_channels", "latent_dim", "im
              "latent_resolution", "num_codebook_vectors", "beta"]
 # Keys with the lab's values as defaults, so the lab's VQGAN.yml works unchanged.
 ARCH_DEFAULTS = {"enc_num_res_blocks": 2, "dec_num_res_blocks": 3, "attn_resolutions": [16],
-                 "norm_groups": 32, "conditional": False, "fuse_pixels": False,
-                 "hole_guide": False}
+                 "norm_groups": 32, "conditional": False, **BRANCH_OPTIONS}
 
 
 class VQGAN(Tokenizer):
