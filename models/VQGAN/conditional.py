@@ -117,9 +117,7 @@ class MaskBranch(nn.Module):
         filled from the known ones), so whatever a masked file paints into its holes (the
         suite's grey) never reaches the decoder."""
         known = known.to(image.dtype)
-        seen = image * known
-        if self.fuse_holes is not None:
-            seen = pyramid_fill(seen, known)
+        seen = pyramid_fill(image, known) if self.fuse_holes is not None else image * known
         x = torch.cat([seen, known], 1)  # (B, C+1, R, R)
         feats = {}
         for f, stage in zip(self.factors, self.trunk):
