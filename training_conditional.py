@@ -15,7 +15,9 @@ the stage-1 losses (L1 + optional L2, with the hole pixels weighted by `hole_wei
 codebook term (constant here); from `disc_start` the adaptively weighted hinge PatchGAN;
 no FID network in any loss). With `fuse_pixels` the branch also fuses the masked image
 into the output, so the decoder can keep the known pixels exactly; with `hole_guide` it reads
-the holes filled from the known pixels around them, and fuses into the hole cells too. With
+the holes filled from the known pixels around them, and fuses into the hole cells too; with
+`hole_residual` the output's holes read the decoder's mismatch with the known pixels, filled
+into them (the correction a Poisson blend adds). With
 `token_noise` p, each token of a partly known cell is a random code with probability p, as
 the transformer's guesses there can be at inpainting time
 (models/VQGAN/conditional.scramble_partly_known). Every
@@ -63,8 +65,8 @@ from training_vqgan import add_run_args, train_step
 from utils import (UserError, apply_overrides, check_positive, check_probability, ensure_writable_dir,
                    load_config, require_keys, resolve_path, run_cli)
 
-RECIPE_KEYS = ["init", "vqgan_config", "fuse_pixels", "hole_guide", "masks", "mask_bank", "val_images",
-               "training"]
+RECIPE_KEYS = ["init", "vqgan_config", "fuse_pixels", "hole_guide", "hole_residual", "masks", "mask_bank",
+               "val_images", "training"]
 TRAIN_KEYS = ["max_steps", "warmup_steps", "min_lr_ratio", "batch_size", "learning_rate", "betas",
               "l2_weight", "hole_weight", "token_noise", "disc_start", "disc_weight", "disc_channels", "disc_layers",
               "precision", "seed"]

@@ -81,7 +81,7 @@ def inputs(n=3, seed=0):
 
 # ----------------------------------------------------------------------------- the branch
 
-@pytest.mark.parametrize("branch", [{}, {"fuse_pixels": True}, {"hole_guide": True}])
+@pytest.mark.parametrize("branch", [{}, {"fuse_pixels": True}, {"hole_guide": True}, {"hole_residual": True}])
 @pytest.mark.parametrize("kind", CONFIGS)
 def test_at_init_the_output_is_the_plain_decoders_bit_for_bit(kind, branch):
     plain, cond = pair(kind, **branch)
@@ -151,6 +151,31 @@ def test_the_pixel_fusion_can_copy_the_known_pixels_and_leaves_the_holes(kind):
     assert torch.allclose(out * known, images * known, atol=1e-5)
     assert torch.equal(out * (1 - known), want * (1 - known))
     assert not torch.allclose(want * known, images * known, atol=0.1)  # the copy is the fusion's
+
+
+@pytest.mark.parametrize("kind", CONFIGS)
+def test_the_hole_residual_adds_the_filled_mismatch_to_the_holes_only(kind):
+    """V_p = [0, I] (stored divided by PIXEL_GAIN) adds to each hole pixel the pull-push fill
+    of image - out from the known pixels, the correction of a Poisson blend with a pyramid
+    membrane; the known pixels stay the decoder's, and an all-hole mask ignores the image."""
+    from models.compositing import pyramid_fill
+    _, cond = pair(kind, hole_residual=True)
+    randomise_fusion(cond)
+    _, levels_only = pair(kind)
+    levels_only.load_state_dict({k: v for k, v in cond.state_dict().items() if "residual" not in k})
+    images, tokens, known = inputs()
+    take = torch.cat([torch.zeros(3, 3), torch.eye(3)], 1)[..., None, None] / PIXEL_GAIN  # (3, 6, 1, 1)
+    with torch.no_grad():
+        cond.cond.residual.weight.copy_(take)
+        out = cond.decode_indices(tokens, images, known)
+        before = levels_only.decode_indices(tokens, images, known)
+        want = before + (1 - known) * pyramid_fill(images - before, known)
+        assert torch.allclose(out, want, atol=1e-5)
+        assert torch.equal(out * known, before * known)
+        assert not torch.allclose(out, before, atol=1e-3)  # the holes did move
+        nothing = torch.zeros_like(known)
+        assert torch.equal(cond.decode_indices(tokens, images, nothing),
+                           cond.decode_indices(tokens, torch.rand_like(images), nothing))
 
 
 def partly_known_mask() -> tuple[torch.Tensor, torch.Tensor]:
@@ -240,6 +265,12 @@ def test_the_branch_costs_what_a_flop_count_says():
     assert count_branch(guided, 64) == (params + sum(p.numel() for p in guided.cond.fuse.parameters()),
                                         macs + fuse)
     assert both.get_total_flops() - plain.get_total_flops() == 2 * (macs + fuse)
+    # the hole residual: one more 6 -> 3 1x1 conv at 64x64 (its fill only pools and interpolates)
+    res = build_vqgan({**load_config(COMPACT), "conditional": True, "hole_residual": True}).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as residual:
+        res.decode(z, x, known)
+    assert count_branch(res, 64) == (params + 21, macs + 18 * 64 * 64)
+    assert residual.get_total_flops() - plain.get_total_flops() == 2 * (macs + 18 * 64 * 64)
 
 
 # ----------------------------------------------------------------------------- state dicts
@@ -335,10 +366,11 @@ def test_train_step_weighs_the_holes_by_hole_weight():
 
 # ----------------------------------------------------------------------------- training
 
-def recipe(tmp_path, name, steps, masks=None, fuse_pixels=False, hole_guide=False, **training) -> Path:
+def recipe(tmp_path, name, steps, masks=None, fuse_pixels=False, hole_guide=False, hole_residual=False,
+           **training) -> Path:
     r = load_config(RECIPE)
     r.update(mask_bank=16, val_images=16, fuse_pixels=fuse_pixels, hole_guide=hole_guide,
-             **({"masks": masks} if masks else {}))
+             hole_residual=hole_residual, **({"masks": masks} if masks else {}))
     r["training"].update({"max_steps": steps, "batch_size": 8, "warmup_steps": 5, "disc_start": 10 ** 9,
                           "precision": "fp32", "learning_rate": 5e-3, "token_noise": 0.0, "hole_weight": 1.0,
                           **training})

@@ -3,8 +3,9 @@
 `VQGAN` has the lab's module tree (its pretrained VQGAN.pt loads with strict=True);
 `CompactVQGAN` is the CPU recipe's own architecture. A config picks one with
 `architecture:` (absent means the lab's); `conditional: true` adds the mask-conditioned
-decoder branch of conditional.py to either, `fuse_pixels: true` its pixel-space fusion and
-`hole_guide: true` its hole-filled input with hole-cell fusion.
+decoder branch of conditional.py to either, `fuse_pixels: true` its pixel-space fusion,
+`hole_guide: true` its hole-filled input with hole-cell fusion and `hole_residual: true` the
+filled mismatch with the known pixels in the output's holes.
 """
 from runtime.checkpoints import load_checkpoint
 from utils import UserError

@@ -111,7 +111,8 @@ class CompactVQGAN(Tokenizer):
                  num_codebook_vectors: int, code_dim: int, channels: list[int],
                  enc_res_blocks: list[int], dec_res_blocks: list[int], beta: float = 0.25,
                  ema_decay: float = 0.0, norm_groups: int = 0, conditional: bool = False,
-                 fuse_pixels: bool = False, hole_guide: bool = False):
+                 fuse_pixels: bool = False, hole_guide: bool = False,
+                 hole_residual: bool = False):
         super().__init__()
         halvings = math.log2(img_resolution / latent_resolution)
         if halvings != len(channels) or not halvings.is_integer():
@@ -125,7 +126,7 @@ class CompactVQGAN(Tokenizer):
         self.decoder = CompactDecoder(image_channels, channels, dec_res_blocks, code_dim, norm_groups)
         self.codebook = FactorizedCodebook(num_codebook_vectors, code_dim, beta, ema_decay)
         self.cond = MaskBranch(image_channels, self.decoder.fusion_levels, fuse_pixels,
-                                hole_guide) if conditional else None
+                                hole_guide, hole_residual) if conditional else None
 
     @classmethod
     def from_config(cls, cfg: dict, where: str = "VQGAN config") -> "CompactVQGAN":

@@ -43,6 +43,14 @@ hole cells fuse too, through their own zero-initialised convs V:
     h <- h + m * W [h ; t] + (1 - m) * V [h ; t]
 The fill reads the known pixels only, and is 0 under an all-hole mask, so the output still
 ignores the masked image there (it is then the plain decoder plus V's image-free term).
+
+With `hole_residual`, the output's hole pixels also read the decoder's own mismatch with the
+known pixels, extended into the holes by the same pull-push fill:
+    out + (1 - known) * V_p [out ; fill(image - out)] (B, 6, R, R) -> (B, 3, R, R)
+V_p = [0, I] adds to the holes the smooth correction that meets the known pixels at the
+hole's edge, as a Poisson blend does (with a pull-push membrane instead of a harmonic one);
+the decoder learns how much of it to take. V_p is zero at init, and under an all-hole mask
+the fill is 0, so there too the output ignores the masked image.
 """
 from __future__ import annotations
 
@@ -60,9 +68,9 @@ from runtime.checkpoints import load_weights
 TOKEN_SIDE = ("encoder.", "quant_conv.", "codebook.")
 BRANCH = "cond."
 # the branch's options, off unless a config says true (the keys build_vqgan takes)
-BRANCH_OPTIONS = {"fuse_pixels": False, "hole_guide": False}
-# W_p is stored divided by this: Adam moves a weight by about lr per step, and a copy needs
-# W_p = +-1, which 1200 steps at lr 5e-4 would not reach from 0
+BRANCH_OPTIONS = {"fuse_pixels": False, "hole_guide": False, "hole_residual": False}
+# W_p and V_p are stored divided by this: Adam moves a weight by about lr per step, and a
+# copy needs W_p = +-1, which 1200 steps at lr 5e-4 would not reach from 0
 PIXEL_GAIN = 16.0
 
 
@@ -79,7 +87,7 @@ class MaskBranch(nn.Module):
     """
 
     def __init__(self, image_channels: int, levels: list[tuple[int, int, int]],
-                 fuse_pixels: bool = False, hole_guide: bool = False):
+                 fuse_pixels: bool = False, hole_guide: bool = False, hole_residual: bool = False):
         super().__init__()
         self.levels = list(dict.fromkeys(tuple(level) for level in levels))  # one per place
         self.factors = sorted({f for _, _, f in self.levels})  # finest first
@@ -103,14 +111,20 @@ class MaskBranch(nn.Module):
             if hole_guide else None
         # [out ; masked image] (B, 2C, R, R) -> (B, C, R, R), zero at init
         self.pixels = nn.Conv2d(2 * image_channels, image_channels, 1) if fuse_pixels else None
+        # [out ; fill(image - out)] (B, 2C, R, R) -> (B, C, R, R) in the holes, zero at init
+        self.residual = nn.Conv2d(2 * image_channels, image_channels, 1) if hole_residual else None
         for conv in self.fusion_convs():
             nn.init.zeros_(conv.weight)
             nn.init.zeros_(conv.bias)
 
     def fusion_convs(self) -> list[nn.Conv2d]:
         """Every conv that fuses into the decoder, each zero at init: one per level, then the
-        pixel fusion if any."""
-        return [*self.fuse, *(self.fuse_holes or []), *([self.pixels] if self.pixels is not None else [])]
+        pixel-space ones (`pixel_convs`)."""
+        return [*self.fuse, *(self.fuse_holes or []), *self.pixel_convs()]
+
+    def pixel_convs(self) -> list[nn.Conv2d]:
+        """The fusions at the output itself (factor 1): the known pixels', then the holes' residual."""
+        return [c for c in (self.pixels, self.residual) if c is not None]
 
     def forward(self, image: torch.Tensor, known: torch.Tensor) -> dict[int, torch.Tensor]:
         """-> {factor: t (B, w_f, R/f, R/f)}. Hole pixels are zeroed first (or, with the guide,
@@ -129,7 +143,8 @@ class MaskBranch(nn.Module):
                known: torch.Tensor) -> torch.Tensor:
         """`decoder.model` (an nn.Sequential) layer by layer on z, fusing the branch's features
         after each layer of `levels`: h + m * W [h ; t], then with `fuse_pixels` the masked
-        image into the output. Returns the decoder's output."""
+        image into the output and with `hole_residual` the filled mismatch into its holes.
+        Returns the decoder's output."""
         feats = self(image, known)
         at = {index: i for i, (index, _, _) in enumerate(self.levels)}
         h = z
@@ -144,9 +159,13 @@ class MaskBranch(nn.Module):
                 if self.fuse_holes is not None:
                     fused = fused + (1 - m) * self.fuse_holes[at[j]](ht)
                 h = h + fused
+        k, image = known.to(h.dtype), image.to(h.dtype)                  # (B, 1, R, R), (B, C, R, R)
+        out = h  # both pixel fusions read the decoder's own output
         if self.pixels is not None:
-            k = known.to(h.dtype)                                        # (B, 1, R, R)
-            h = h + k * PIXEL_GAIN * self.pixels(torch.cat([h, image.to(h.dtype) * k], 1))
+            h = h + k * PIXEL_GAIN * self.pixels(torch.cat([out, image * k], 1))
+        if self.residual is not None:
+            mismatch = pyramid_fill(image - out, k)                      # (B, C, R, R)
+            h = h + (1 - k) * PIXEL_GAIN * self.residual(torch.cat([out, mismatch], 1))
         return h
 
 
@@ -233,7 +252,7 @@ def count_branch(vq: nn.Module, image_resolution: int) -> tuple[int, int]:
         macs += conv.weight.numel() * (side // f) ** 2
     places = [f for _, _, f in branch.levels]
     fusions = [*zip(places, branch.fuse), *zip(places, branch.fuse_holes or []),
-               *([(1, branch.pixels)] if branch.pixels is not None else [])]  # pixels: at 1x
+               *((1, conv) for conv in branch.pixel_convs())]  # at the output: factor 1
     for f, conv in fusions:
         macs += conv.weight.numel() * (side // f) ** 2
     return params, macs

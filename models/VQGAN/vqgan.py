@@ -26,7 +26,8 @@ class VQGAN(Tokenizer):
                  latent_dim: int, img_resolution: int, latent_resolution: int,
                  num_codebook_vectors: int, beta: float, enc_num_res_blocks: int = 2,
                  dec_num_res_blocks: int = 3, attn_resolutions=(16,), norm_groups: int = 32,
-                 conditional: bool = False, fuse_pixels: bool = False, hole_guide: bool = False):
+                 conditional: bool = False, fuse_pixels: bool = False, hole_guide: bool = False,
+                 hole_residual: bool = False):
         super().__init__()
         self.latent_resolution = latent_resolution
         self.num_codebook_vectors = num_codebook_vectors
@@ -39,7 +40,7 @@ class VQGAN(Tokenizer):
         self.quant_conv = nn.Conv2d(latent_dim, latent_dim, 1)
         self.post_quant_conv = nn.Conv2d(latent_dim, latent_dim, 1)
         self.cond = MaskBranch(image_channels, self.decoder.fusion_levels, fuse_pixels,
-                                hole_guide) if conditional else None
+                                hole_guide, hole_residual) if conditional else None
 
     @classmethod
     def from_config(cls, cfg: dict, where: str = "VQGAN config") -> "VQGAN":
