@@ -1,5 +1,7 @@
 """The stage-1 ablation's variants each change what they say on the recipe, and optional
 training keys that a config leaves out (fm_weight, max_steps) take --set overrides."""
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -16,13 +18,28 @@ def resolved(argv):
 
 @pytest.mark.parametrize("name", list(vqgan_ablation.VARIANTS))
 def test_every_variant_resolves_to_the_recipe_with_its_change(name, tmp_path):
-    cfg = resolved(vqgan_ablation.variant_args(name, tmp_path, 375, tmp_path / "out"))
+    cfg = resolved(vqgan_ablation.variant_args(name, tmp_path, 400, tmp_path / "out"))
     recipe = resolved(["--config", str(vqgan_ablation.CONFIG)])
-    expected = apply_overrides(recipe, [*vqgan_ablation.VARIANTS[name], "training.max_steps=375",
-                                        "training.warmup_steps=9"])
+    # a variant at another batch sees as many images: its steps and restart interval scale
+    scale = recipe["training"]["batch_size"] / apply_overrides(
+        recipe, vqgan_ablation.VARIANTS[name])["training"]["batch_size"]
+    steps = round(400 * scale)
+    expected = apply_overrides(recipe, [f"training.restart_every={round(recipe['training']['restart_every'] * scale)}",
+                                        *vqgan_ablation.VARIANTS[name], f"training.max_steps={steps}",
+                                        f"training.warmup_steps={steps // 40}"])
     if not any(s.startswith("training.disc_start") for s in vqgan_ablation.VARIANTS[name]):
-        expected["training"]["disc_start"] = 262  # 70% of the run, as in the recipe
+        expected["training"]["disc_start"] = int(0.7 * steps)  # 70% of the run, as in the recipe
     assert cfg == expected
+
+
+def test_a_batch_variant_sees_the_recipes_images():
+    recipe = resolved(["--config", str(vqgan_ablation.CONFIG)])["training"]
+    small = resolved(vqgan_ablation.variant_args("batch 8, twice the steps", Path("data"), 400,
+                                                 Path("out")))["training"]
+    assert small["batch_size"] == 8
+    assert small["max_steps"] * 8 == 400 * recipe["batch_size"]  # as many images
+    assert small["restart_every"] * 8 == recipe["restart_every"] * recipe["batch_size"]
+    assert small["disc_start"] == int(0.7 * small["max_steps"])
 
 
 def test_markdown_rows():
