@@ -34,7 +34,7 @@ from runtime.checkpoints import load_checkpoint, load_weights, save_checkpoint
 from runtime.distributed import (all_reduce_mean, check_replicas_identical, cleanup_distributed,
                                  epoch_order, init_distributed)
 from runtime.lr_schedule import lr_factor
-from runtime.precision import CHOICES as PRECISIONS, autocast, resolve_precision
+from runtime.precision import CHOICES as PRECISIONS, autocast, channels_last, resolve_precision
 from runtime.rng import all_rng_states, restore_rng, seed_everything
 from runtime.run_log import RunLogger
 from runtime.stopping import GracefulStop, check_finite
@@ -179,8 +179,10 @@ def main(argv=None):
     val = image_tensor(args.val_data, res, "val", None, args.on_bad_image, tc["seed"]) \
         if args.val_data or not args.data else train[:256]
 
-    vq = build_vqgan(cfg, args.config).to(device)
-    disc = Discriminator(cfg["image_channels"], tc["disc_channels"], tc["disc_layers"]).to(device)
+    layout = torch.channels_last if channels_last(device, precision, training=True) else torch.contiguous_format
+    vq = build_vqgan(cfg, args.config).to(device, memory_format=layout)
+    disc = Discriminator(cfg["image_channels"], tc["disc_channels"], tc["disc_layers"]).to(
+        device, memory_format=layout)
     opt_ae = torch.optim.Adam(vq.parameters(), lr=tc["learning_rate"], betas=tuple(tc["betas"]))
     opt_d = torch.optim.Adam(disc.parameters(), lr=tc["learning_rate"], betas=tuple(tc["betas"]))
     bs = tc["batch_size"]
@@ -240,7 +242,8 @@ def main(argv=None):
             done = skip
             for b_idx, idx in enumerate(bar, start=skip):
                 done = b_idx + 1
-                x = normalize(train[idx].to(device).float() / 255, mean, std)
+                x = normalize(train[idx].to(device).float() / 255, mean, std).contiguous(
+                    memory_format=layout)
                 lr = tc["learning_rate"] * lr_factor(step, tc["warmup_steps"], total_steps,
                                                      tc["min_lr_ratio"])
                 for group in (*opt_ae.param_groups, *opt_d.param_groups):

@@ -153,13 +153,21 @@ def packed_linears(device, precision: str) -> bool:
     return precision == "fp32" and torch.backends.cpu.get_cpu_capability() == "AVX2"
 
 
-def channels_last(device, precision: str) -> bool:
-    """Whether the VQGAN's convolutions run in channels_last (NHWC) for inference.
+def channels_last(device, precision: str, training: bool = False) -> bool:
+    """Whether the VQGAN's convolutions (and in training the PatchGAN's) run in channels_last
+    (NHWC).
 
     oneDNN computes NCHW convolutions in a blocked layout and reorders the activations into
-    it and back around every convolution; NHWC needs no reorder. The tokens and pixels are
-    bit-equal (benchmarks/bench_fast_paths.py checks). Measured faster for fp32 on an AVX2
-    CPU: encode 1.07x, decode 1.06x at the lab config, batch 16 (benchmarks/RESULTS.md);
-    bf16 and GPUs were not measured, and keep NCHW.
+    it and back around every convolution; NHWC needs no reorder. Inference: fp32 on CPU,
+    where the tokens and pixels are bit-equal (benchmarks/bench_fast_paths.py checks) and it
+    was measured faster on an AVX2 CPU: encode 1.07x, decode 1.06x at the lab config, batch
+    16 (benchmarks/RESULTS.md). Training: bf16 on CPUs with native bf16, where a stage-1 step
+    of the cat-face recipe ran 1.74x faster on AMX (benchmarks/bench_vqgan_train.py); in fp32
+    under AVX2 emulation it gained 2%, inside the noise, so fp32 training keeps NCHW.
+    GPUs keep NCHW (not measured).
     """
-    return torch.device(device).type == "cpu" and precision == "fp32"
+    if torch.device(device).type != "cpu":
+        return False
+    if training:
+        return precision == "bf16" and cpu_native_bf16()
+    return precision == "fp32"

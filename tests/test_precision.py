@@ -136,6 +136,15 @@ def test_channels_last_follows_the_precision():
     assert not channels_last(CPU, "bf16") and not channels_last(torch.device("cuda"), "fp32")
 
 
+@pytest.mark.parametrize("name, bf16_training", [("epyc (AVX2)", False), ("sapphire rapids (AMX)", True),
+                                                  ("skylake (AVX512, no bf16)", False)])
+def test_channels_last_training_only_in_native_bf16(machine, name, bf16_training):
+    machine(name)
+    assert channels_last(CPU, "bf16", training=True) == bf16_training  # 1.74x a stage-1 step on AMX
+    assert not channels_last(CPU, "fp32", training=True)  # 2% under AVX2 emulation: noise
+    assert not channels_last(torch.device("cuda"), "bf16", training=True)
+
+
 @torch.inference_mode()
 def test_channels_last_vqgan_gives_the_same_tokens_and_images():
     from models.VQGAN_Transformer import load_vqgan
