@@ -8,7 +8,7 @@ Each row gives images/s and the achieved GFLOP/s, counted by forward hooks on ev
 convolution and linear layer (a training step costs 3x its forward FLOPs: forward, and
 the gradients of inputs and weights). The step is training_vqgan.train_step itself, with
 the GAN on, so the discriminator's cost is in. The last line reads
-`vqgan train speedup: <x>x` (the recipe at its own precision against the old one).
+`vqgan train speedup: <x>x` (the recipe at its own precision and layout against the old one).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import Row, generated_images, interleaved, machine, table  # noqa: E402
 from models.VQGAN import build_vqgan  # noqa: E402
 from models.VQGAN.discriminator import Discriminator  # noqa: E402
-from runtime.precision import resolve_device, resolve_precision  # noqa: E402
+from runtime.precision import channels_last, resolve_device, resolve_precision  # noqa: E402
 from training_vqgan import train_step  # noqa: E402
 from utils import load_config  # noqa: E402
 
@@ -83,15 +83,19 @@ def run(device=None, quick: bool = False) -> list[Row]:
     auto = resolve_precision("auto", device)
     old_batch = load_config(OLD)["training"]["batch_size"]
     new_batch = load_config(NEW)["training"]["batch_size"]
+    # the recipe in the layout training_vqgan picks (runtime/precision.py), and the other one below
+    nhwc = channels_last(device, auto, training=True)
+    recipe = f"new recipe (VQGAN_catface_compact, {auto}{', channels_last' if nhwc else ''})"
     steps = {"old recipe (VQGAN_catface, fp32)": Step(OLD, "fp32", old_batch, device),
-             f"new recipe (VQGAN_catface_compact, {auto})": Step(NEW, auto, new_batch, device)}
+             recipe: Step(NEW, auto, new_batch, device, nhwc)}
     if auto != "fp32":
         steps["new recipe, fp32"] = Step(NEW, "fp32", new_batch, device)
     if not quick:
-        steps[f"new recipe, {auto}, channels_last"] = Step(NEW, auto, new_batch, device, True)
-        steps[f"new recipe, {auto}, batch 64"] = Step(NEW, auto, 64, device)
+        steps[f"new recipe, {auto}, {'NCHW' if nhwc else 'channels_last'}"] = Step(
+            NEW, auto, new_batch, device, not nhwc)
+        steps[f"new recipe, {auto}, batch 64"] = Step(NEW, auto, 64, device, nhwc)
         steps[f"new recipe, {auto}, GroupNorm 16"] = Step(
-            _with(NEW, norm_groups=16), auto, new_batch, device)
+            _with(NEW, norm_groups=16), auto, new_batch, device, nhwc)
     for fn in steps.values():  # warm-up: kernel choice and allocator
         fn(), fn()
     seconds = interleaved(steps, device, repeats=2 if quick else 4)
