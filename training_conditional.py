@@ -57,7 +57,7 @@ from runtime.checkpoints import load_checkpoint, load_weights, save_checkpoint
 from runtime.distributed import (all_reduce_mean, check_replicas_identical, cleanup_distributed,
                                  epoch_order, init_distributed)
 from runtime.lr_schedule import lr_factor
-from runtime.precision import resolve_precision
+from runtime.precision import channels_last, resolve_precision
 from runtime.rng import all_rng_states, restore_rng, seed_everything
 from runtime.run_log import RunLogger
 from runtime.stopping import GracefulStop, check_finite
@@ -184,8 +184,10 @@ def main(argv=None):
     vq = build_vqgan(cfg, str(init))
     load_tokenizer_weights(vq, init_state, init, verbose=rank == 0)
     params = freeze_token_side(vq)  # encoder, quant_conv, codebook: the tokens stay valid
-    vq.to(device)
-    disc = Discriminator(cfg["image_channels"], tc["disc_channels"], tc["disc_layers"]).to(device)
+    layout = torch.channels_last if channels_last(device, precision, training=True) else torch.contiguous_format
+    vq.to(device, memory_format=layout)
+    disc = Discriminator(cfg["image_channels"], tc["disc_channels"], tc["disc_layers"]).to(
+        device, memory_format=layout)
     opt_ae = torch.optim.Adam(params, lr=tc["learning_rate"], betas=tuple(tc["betas"]))
     opt_d = torch.optim.Adam(disc.parameters(), lr=tc["learning_rate"], betas=tuple(tc["betas"]))
     masks = MaskMix(cfg["masks"], res, cfg["mask_bank"], tc["seed"])
@@ -252,7 +254,8 @@ def main(argv=None):
             done = skip
             for b_idx, idx in enumerate(bar, start=skip):
                 done = b_idx + 1
-                x = normalize(train[idx].to(device).float() / 255, mean, std)
+                x = normalize(train[idx].to(device).float() / 255, mean, std).contiguous(
+                    memory_format=layout)
                 known = masks.sample(len(idx)).to(device)  # (B, 1, R, R)
                 lr = tc["learning_rate"] * lr_factor(step, tc["warmup_steps"], total_steps,
                                                      tc["min_lr_ratio"])

@@ -162,7 +162,8 @@ def channels_last(device, precision: str, training: bool = False) -> bool:
     where the tokens and pixels are bit-equal (benchmarks/bench_fast_paths.py checks) and it
     was measured faster on an AVX2 CPU: encode 1.07x, decode 1.06x at the lab config, batch
     16 (benchmarks/RESULTS.md). Training: bf16 on CPUs with native bf16, where a stage-1 step
-    of the cat-face recipe ran 1.74x faster on AMX (benchmarks/bench_vqgan_train.py); in fp32
+    of the cat-face recipe ran 1.63-1.74x faster on AMX (benchmarks/bench_vqgan_train.py) and the
+    conditional fine-tune 1.43x (training_conditional.py); in fp32
     under AVX2 emulation it gained 2%, inside the noise, so fp32 training keeps NCHW.
     GPUs keep NCHW (not measured).
     """
