@@ -57,7 +57,7 @@ from runtime.checkpoints import load_checkpoint, load_weights, save_checkpoint
 from runtime.distributed import (all_reduce_mean, check_replicas_identical, cleanup_distributed,
                                  epoch_order, init_distributed)
 from runtime.lr_schedule import lr_factor
-from runtime.precision import channels_last, resolve_precision
+from runtime.precision import memory_format, resolve_precision
 from runtime.rng import all_rng_states, restore_rng, seed_everything
 from runtime.run_log import RunLogger
 from runtime.stopping import GracefulStop, check_finite
@@ -184,7 +184,7 @@ def main(argv=None):
     vq = build_vqgan(cfg, str(init))
     load_tokenizer_weights(vq, init_state, init, verbose=rank == 0)
     params = freeze_token_side(vq)  # encoder, quant_conv, codebook: the tokens stay valid
-    layout = torch.channels_last if channels_last(device, precision, training=True) else torch.contiguous_format
+    layout = memory_format(device, precision, training=True)
     vq.to(device, memory_format=layout)
     disc = Discriminator(cfg["image_channels"], tc["disc_channels"], tc["disc_layers"]).to(
         device, memory_format=layout)

@@ -34,7 +34,7 @@ from runtime.checkpoints import load_checkpoint, load_weights, save_checkpoint
 from runtime.distributed import (all_reduce_mean, check_replicas_identical, cleanup_distributed,
                                  epoch_order, init_distributed)
 from runtime.lr_schedule import lr_factor
-from runtime.precision import CHOICES as PRECISIONS, autocast, channels_last, resolve_precision
+from runtime.precision import CHOICES as PRECISIONS, autocast, memory_format, resolve_precision
 from runtime.rng import all_rng_states, restore_rng, seed_everything
 from runtime.run_log import RunLogger
 from runtime.stopping import GracefulStop, check_finite
@@ -179,7 +179,7 @@ def main(argv=None):
     val = image_tensor(args.val_data, res, "val", None, args.on_bad_image, tc["seed"]) \
         if args.val_data or not args.data else train[:256]
 
-    layout = torch.channels_last if channels_last(device, precision, training=True) else torch.contiguous_format
+    layout = memory_format(device, precision, training=True)
     vq = build_vqgan(cfg, args.config).to(device, memory_format=layout)
     disc = Discriminator(cfg["image_channels"], tc["disc_channels"], tc["disc_layers"]).to(
         device, memory_format=layout)

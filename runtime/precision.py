@@ -172,3 +172,8 @@ def channels_last(device, precision: str, training: bool = False) -> bool:
     if training:
         return precision == "bf16" and cpu_native_bf16()
     return precision == "fp32"
+
+
+def memory_format(device, precision: str, training: bool = False) -> torch.memory_format:
+    """`channels_last`'s answer as the memory format to move modules and batches to."""
+    return torch.channels_last if channels_last(device, precision, training) else torch.contiguous_format

@@ -4,7 +4,7 @@ import torch
 
 from runtime import precision
 from runtime.precision import (channels_last, choose_precision, cpu_native_bf16, fused_attention,
-                               packed_linears, resolve_precision)
+                               memory_format, packed_linears, resolve_precision)
 
 CPU = torch.device("cpu")
 # (ATen capability, oneDNN bf16 check, AVX512-BF16 flag, AMX flag, machine)
@@ -141,6 +141,9 @@ def test_channels_last_follows_the_precision():
 def test_channels_last_training_only_in_native_bf16(machine, name, bf16_training):
     machine(name)
     assert channels_last(CPU, "bf16", training=True) == bf16_training  # 1.74x a stage-1 step on AMX
+    assert memory_format(CPU, "bf16", training=True) == (
+        torch.channels_last if bf16_training else torch.contiguous_format)
+    assert memory_format(CPU, "fp32", training=True) == torch.contiguous_format
     assert not channels_last(CPU, "fp32", training=True)  # 2% under AVX2 emulation: noise
     assert not channels_last(torch.device("cuda"), "bf16", training=True)
 
