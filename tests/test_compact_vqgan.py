@@ -10,6 +10,7 @@ import training_vqgan
 from data import write_synthetic_folder
 from data.sources import image_tensor
 from models.VQGAN import VQGAN, CompactVQGAN, FactorizedCodebook, build_vqgan
+from models.VQGAN.factorized_codebook import LOOKUP_ROWS
 from utils import UserError, load_config
 
 from conftest import REPO
@@ -56,6 +57,14 @@ def test_lookup_is_by_cosine_not_by_length():
     # nearest in plain l2 would be code 1 (much shorter); by angle it is code 0
     assert cb.lookup(torch.tensor([[0.9, 0.1]])).item() == 0
     assert torch.allclose(cb.codes().norm(dim=1), torch.ones(2))
+
+
+def test_lookup_in_blocks_of_rows_is_the_argmax_over_every_code():
+    torch.manual_seed(0)
+    cb = FactorizedCodebook(4096, 8)
+    z = torch.randn(3 * LOOKUP_ROWS + 17, 8)  # several blocks and a short last one
+    brute = (F.normalize(z, dim=1) @ F.normalize(cb.embedding.weight, dim=1).t()).argmax(dim=1)
+    assert torch.equal(cb.lookup(z), brute)
 
 
 def test_loss_is_commitment_plus_codebook_and_straight_through():
