@@ -25,8 +25,10 @@ from utils import load_config  # noqa: E402
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "VQGAN_catface_compact.yml"
 # name -> config overrides, each against the recipe
 VARIANTS = {
-    "recipe (1024 codes, 8-d l2-normalised, gradient updates, restarts)": [],
+    "recipe (4096 codes, 8-d l2-normalised, gradient updates, restarts)": [],
     "EMA code updates (decay 0.99)": ["ema_decay=0.99"],
+    "2048 codes": ["num_codebook_vectors=2048"],
+    "1024 codes (the recipe until 2026-12-06)": ["num_codebook_vectors=1024"],
     "512 codes": ["num_codebook_vectors=512"],
     "32-d codes": ["code_dim=32"],
     "no dead-code restarts": ["training.restart_every=1000000"],
