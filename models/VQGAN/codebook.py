@@ -13,12 +13,15 @@ class Codebook(nn.Module):
         self.embedding = nn.Embedding(num_codebook_vectors, latent_dim)
         self.embedding.weight.data.uniform_(-1.0 / num_codebook_vectors, 1.0 / num_codebook_vectors)
 
+    @torch.no_grad()
     def lookup(self, z_flat: torch.Tensor) -> torch.Tensor:
-        """Nearest code id for each row of z_flat (M, D) -> (M,) in [0, K)."""
-        e = self.embedding.weight
-        # |z - e|^2 = |z|^2 - 2 z.e + |e|^2; |z|^2 is constant per row and dropped
-        dist = e.pow(2).sum(1) - 2 * z_flat @ e.t()  # (M, K)
-        return dist.argmin(dim=1)
+        """Nearest code id for each row of z_flat (M, D) -> (M,) in [0, K), in fp32 under any
+        autocast (a bf16 distance rounds near codes together and picks the first of them)."""
+        e = self.embedding.weight.float()
+        with torch.autocast(z_flat.device.type, enabled=False):
+            # |z - e|^2 = |z|^2 - 2 z.e + |e|^2; |z|^2 is constant per row and dropped
+            dist = e.pow(2).sum(1) - 2 * z_flat.float() @ e.t()  # (M, K)
+        return dist.min(dim=1).indices  # argmin's index (the first minimum), faster on a CPU
 
     def forward(self, z: torch.Tensor):
         """z (B, D, h, w) -> z_q (B, D, h, w), indices (B, h*w) row-major, loss (scalar).
