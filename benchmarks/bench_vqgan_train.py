@@ -89,7 +89,9 @@ def run(device=None, quick: bool = False) -> list[Row]:
     steps = {"old recipe (VQGAN_catface, fp32)": Step(OLD, "fp32", old_batch, device),
              recipe: Step(NEW, auto, new_batch, device, nhwc)}
     if auto != "fp32":
-        steps["new recipe, fp32"] = Step(NEW, "fp32", new_batch, device)
+        fp32_nhwc = channels_last(device, "fp32", training=True)
+        steps[f"new recipe, fp32{', channels_last' if fp32_nhwc else ''}"] = Step(
+            NEW, "fp32", new_batch, device, fp32_nhwc)
     if not quick:
         steps[f"new recipe, {auto}, {'NCHW' if nhwc else 'channels_last'}"] = Step(
             NEW, auto, new_batch, device, not nhwc)

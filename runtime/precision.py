@@ -163,14 +163,14 @@ def channels_last(device, precision: str, training: bool = False) -> bool:
     was measured faster on an AVX2 CPU: encode 1.07x, decode 1.06x at the lab config, batch
     16 (benchmarks/RESULTS.md). Training: bf16 on CPUs with native bf16, where a stage-1 step
     of the cat-face recipe ran 1.63-1.74x faster on AMX (benchmarks/bench_vqgan_train.py) and the
-    conditional fine-tune 1.43x (training_conditional.py); in fp32
-    under AVX2 emulation it gained 2%, inside the noise, so fp32 training keeps NCHW.
-    GPUs keep NCHW (not measured).
+    conditional fine-tune 1.43x (training_conditional.py); and fp32, where the stage-1 step
+    ran 1.13x on a real AVX2 EPYC (benchmarks/RESULTS.md) and 1.02-1.05x under AVX2
+    emulation and on AMX (benchmarks/EXPERIMENTS.md). GPUs keep NCHW (not measured).
     """
     if torch.device(device).type != "cpu":
         return False
     if training:
-        return precision == "bf16" and cpu_native_bf16()
+        return precision == "fp32" or (precision == "bf16" and cpu_native_bf16())
     return precision == "fp32"
 
 

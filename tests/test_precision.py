@@ -138,14 +138,14 @@ def test_channels_last_follows_the_precision():
 
 @pytest.mark.parametrize("name, bf16_training", [("epyc (AVX2)", False), ("sapphire rapids (AMX)", True),
                                                   ("skylake (AVX512, no bf16)", False)])
-def test_channels_last_training_only_in_native_bf16(machine, name, bf16_training):
+def test_channels_last_training_in_fp32_and_native_bf16(machine, name, bf16_training):
     machine(name)
     assert channels_last(CPU, "bf16", training=True) == bf16_training  # 1.74x a stage-1 step on AMX
     assert memory_format(CPU, "bf16", training=True) == (
         torch.channels_last if bf16_training else torch.contiguous_format)
-    assert memory_format(CPU, "fp32", training=True) == torch.contiguous_format
-    assert not channels_last(CPU, "fp32", training=True)  # 2% under AVX2 emulation: noise
+    assert memory_format(CPU, "fp32", training=True) == torch.channels_last  # 1.13x on an AVX2 EPYC
     assert not channels_last(torch.device("cuda"), "bf16", training=True)
+    assert not channels_last(torch.device("cuda"), "fp32", training=True)
 
 
 @torch.inference_mode()
