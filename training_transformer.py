@@ -26,6 +26,7 @@ from data import normalization
 from data.masks import KNOWN, lab_mask
 from data.sources import image_tensor
 from data.tokens import cached_tokens
+from models.Transformer.attention import attention_dropout, set_fused
 from models.VQGAN_Transformer import MaskGit
 from models.decoding import token_unknown_from_pixels
 from runtime.checkpoints import load_checkpoint, load_weights, save_checkpoint
@@ -139,15 +140,18 @@ def hole_regions(count: int, resolution: int, grid: int, seed: int) -> torch.Ten
 
 
 @torch.no_grad()
-def validation_loss(model: MaskGit, tokens: torch.Tensor, tp: dict, device, batch_size: int) -> float:
-    """Mean masked-token loss on fixed masks (seeded), so epochs are comparable."""
+def validation_loss(model: MaskGit, tokens: torch.Tensor, tp: dict, device, batch_size: int,
+                    fused: bool = False) -> float:
+    """Mean masked-token loss on fixed masks (seeded), so epochs are comparable; in fp32, with
+    the fused attention kernel or not (the same function)."""
     model.eval()
+    set_fused(model.transformer, fused)
     gen = torch.Generator(device).manual_seed(1234)
     total, count = 0.0, 0
     for i in range(0, tokens.shape[1], batch_size):
         idx = tokens[0, i:i + batch_size].to(device)
-        logits, target, weight = model(idx, tp["masking"], generator=gen)
-        total += MaskGit.loss(logits, target, weight).item() * len(idx)
+        logits, target, _ = model(idx, tp["masking"], generator=gen)
+        total += MaskGit.loss(logits, target).item() * len(idx)
         count += len(idx)
     return total / count
 
@@ -166,6 +170,10 @@ def main(argv=None):
     val_tokens = load_tokens(model, args.val_d_path, "val", args, device) \
         if args.val_d_path or not args.train_d_path else train_tokens[:1, :256]
     transformer = model.transformer
+    # the config's attention kernel gives way to the faster one here, for training and for
+    # the fp32 validation; both compute the same function (runtime/precision.py)
+    fused_train = fused_attention(device, precision, True, attention_dropout(transformer))
+    fused_eval = fused_attention(device, "fp32", False)
     holes = None
     if tp["hole_masking"] > 0:
         if tp["masking"] != "maskgit":
@@ -229,6 +237,7 @@ def main(argv=None):
     try:
         while step < total_steps and not stopping:
             model_train.train()
+            set_fused(transformer, fused_train)
             batches = epoch_order(train_tokens.shape[1], epoch, tp["seed"], rank, world, bs, skip)
             batches = batches[:len(batches) - len(batches) % accum]
             loss_sum, n_steps, done = torch.zeros((), device=device), 0, skip
@@ -247,8 +256,8 @@ def main(argv=None):
                 sync = contextlib.nullcontext() if last_micro or world == 1 else model_train.no_sync()
                 with sync:
                     with autocast(device, precision):
-                        logits, target, weight = model_train(tokens, tp["masking"], region=region)
-                    loss = MaskGit.loss(logits, target, weight, tp["label_smoothing"])
+                        logits, target, _ = model_train(tokens, tp["masking"], region=region)
+                    loss = MaskGit.loss(logits, target, tp["label_smoothing"])
                     scaler.scale(loss / accum).backward()
                 if not last_micro:
                     continue
@@ -276,7 +285,7 @@ def main(argv=None):
             # max_steps may end mid-epoch: the checkpoints below then record the position
             epoch, skip = (epoch + 1, 0) if done == skip + len(batches) else (epoch, done)
             with ema.swapped_into(transformer) if ema else contextlib.nullcontext():
-                val = validation_loss(model, val_tokens, tp, device, 4 * bs)
+                val = validation_loss(model, val_tokens, tp, device, 4 * bs, fused_eval)
             # ranks agree on `val` exactly, so they take the same checkpoint branch below
             val = all_reduce_mean(torch.tensor(val, device=device)).item()
             metrics = {"val_loss": val, "lr": sched.get_last_lr()[0]}

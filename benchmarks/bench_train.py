@@ -44,8 +44,8 @@ def train_step(model: MaskGit, tokens: torch.Tensor, opt, autocast, grad_clip: f
     The loss is returned as a tensor: reading it (.item()) would wait for the device."""
     model.train()
     with autocast():
-        logits, target, weight = model(tokens)
-    loss = MaskGit.loss(logits, target, weight)
+        logits, target, _ = model(tokens)
+    loss = MaskGit.loss(logits, target)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.transformer.parameters(), grad_clip)
     opt.step()

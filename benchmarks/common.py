@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from data import lab_mask, make_synthetic_images, normalization, normalize
-from models.Transformer.attention import set_fused
+from models.Transformer.attention import attention_dropout, set_fused
 from models.Transformer.packed import Linear, packed_weights
 from models.VQGAN_Transformer import MaskGit
 from runtime.precision import autocast, choose_precision, cpu_kind, cpu_native_bf16, fused_attention
@@ -148,7 +148,8 @@ def transformer_flops(params: dict, batch: int) -> float:
 def fast_path(model: MaskGit, device, precision: str, training: bool):
     """Our inference/training setting in a resolved `precision`: the attention kernel the
     policy picks for it (runtime.precision.fused_attention) and an autocast context factory."""
-    set_fused(model.transformer, fused_attention(device, precision, training))
+    set_fused(model.transformer, fused_attention(device, precision, training,
+                                                 attention_dropout(model.transformer)))
     return lambda: autocast(torch.device(device), precision)
 
 

@@ -142,7 +142,10 @@ class MaskGit(nn.Module):
         tokens only. A region shaped like an inpainting hole trains exactly the situation
         decoding starts from. 'bernoulli': each token masked with p = 0.5, loss on every
         token (the variant common in lab reports).
-        Returns (logits (B, N, K+1), target (B, N), loss_weight (B, N) float).
+        Returns (logits (T, K+1), target (T,), counted (B, N) bool): the T tokens the loss
+        counts, in row-major order. Logits are computed at those tokens only: with MaskGIT
+        masking a third of the prediction head's and the cross-entropy's work (more inside
+        hole regions) would go to tokens the loss never reads.
         """
         b, n = indices.shape
         dev = indices.device
@@ -155,22 +158,21 @@ class MaskGit(nn.Module):
             scores = torch.rand(b, n, device=dev, generator=generator).masked_fill(~region, 2.0)
             rank = scores.argsort(dim=-1).argsort(dim=-1)  # tokens outside the region rank last
             masked = rank < n_mask.unsqueeze(-1)  # (B, N)
-            weight = masked.float()
+            counted = masked
         elif masking == "bernoulli":
             masked = torch.rand(b, n, device=dev, generator=generator) < 0.5
-            weight = torch.ones(b, n, device=dev)
+            counted = torch.ones_like(masked)
         else:
             raise UserError(f"unknown masking '{masking}'; choose maskgit or bernoulli")
-        logits = self.transformer(torch.where(masked, self.mask_token_id, indices))
-        return logits, indices, weight
+        logits = self.transformer.logits_at(torch.where(masked, self.mask_token_id, indices), counted)
+        return logits, indices[counted], counted
 
     @staticmethod
-    def loss(logits, target, weight, label_smoothing: float = 0.0) -> torch.Tensor:
-        """Cross-entropy averaged over the weighted tokens."""
-        ce = F.cross_entropy(logits.float().flatten(0, 1), target.flatten(),
-                             label_smoothing=label_smoothing, reduction="none")
-        w = weight.flatten()
-        return (ce * w).sum() / w.sum().clamp_min(1.0)
+    def loss(logits, target, label_smoothing: float = 0.0) -> torch.Tensor:
+        """Mean cross-entropy of logits (T, K+1) against target (T,); 0 when T = 0."""
+        ce = F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing,
+                             reduction="sum")
+        return ce / max(len(target), 1)
 
     def decoding(self, temperature: float | None = None,
                  choice_temperature: float | None = None) -> tuple[float, float]:

@@ -120,20 +120,27 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
-def fused_attention(device, precision: str, training: bool) -> bool:
+def fused_attention(device, precision: str, training: bool, attn_drop: float = 0.0) -> bool:
     """Whether the fused attention kernel is the faster one for this work.
 
-    On CUDA it is (flash / memory-efficient kernels). On CPU it is for inference, measured
-    at the lab config (N = 256, head_dim = 48): 5-12% faster for bf16 (AMX), and in fp32 on
+    On CUDA it is (flash / memory-efficient kernels). On CPU, for inference, measured at
+    the lab config (N = 256, head_dim = 48): 5-12% faster for bf16 (AMX), and in fp32 on
     an AVX2 CPU 1.18x the hand-written attention's transformer forward at batch 16, with
     the same tokens (benchmarks/bench_fast_paths.py; the hand-written scores, 16 heads x
-    256 x 256 per image, no longer fit the caches). It is slower for training, where dropout
-    sends F.scaled_dot_product_attention to its unfused math path. Both compute the same
-    function; the lab-style baseline keeps the hand-written one.
+    256 x 256 per image, no longer fit the caches). For CPU training only in fp32 without
+    attention dropout: one attention layer's forward and backward ran 1.1-1.7x the
+    hand-written one's there, at the cat-face recipe's and the lab's shapes, on AMX and
+    under AVX2 emulation. In bf16 the flash kernel's backward is the slower one (the
+    hand-written layer 1.15-1.20x), and dropout sends F.scaled_dot_product_attention to its
+    unfused math path (the hand-written layer 1.05x in fp32, 1.4-1.7x in bf16;
+    benchmarks/EXPERIMENTS.md). Both compute the same function; the lab-style baseline
+    keeps the hand-written one.
     """
     if torch.device(device).type == "cuda":
         return precision != "fp32"
-    return precision in ("bf16", "fp32") and not training
+    if training:
+        return precision == "fp32" and attn_drop == 0
+    return precision in ("bf16", "fp32")
 
 
 def packed_linears(device, precision: str) -> bool:
@@ -165,9 +172,12 @@ def channels_last(device, precision: str, training: bool = False) -> bool:
     of the cat-face recipe ran 1.63-1.74x faster on AMX (benchmarks/bench_vqgan_train.py) and the
     conditional fine-tune 1.43x (training_conditional.py); and fp32, where the stage-1 step
     ran 1.13x on a real AVX2 EPYC (benchmarks/RESULTS.md) and 1.02-1.05x under AVX2
-    emulation and on AMX (benchmarks/EXPERIMENTS.md). GPUs keep NCHW (not measured).
+    emulation and on AMX (benchmarks/EXPERIMENTS.md). Without oneDNN (torch's macOS arm64
+    wheels are built without it) there is no reorder to save, and with oneDNN switched off
+    the recipe's fp32 stage-1 step ran 0.89x in channels_last: NCHW there. GPUs keep NCHW
+    (not measured).
     """
-    if torch.device(device).type != "cpu":
+    if torch.device(device).type != "cpu" or not torch.backends.mkldnn.is_available():
         return False
     if training:
         return precision == "fp32" or (precision == "bf16" and cpu_native_bf16())

@@ -7,20 +7,22 @@ from runtime.precision import (channels_last, choose_precision, cpu_native_bf16,
                                memory_format, packed_linears, resolve_precision)
 
 CPU = torch.device("cpu")
-# (ATen capability, oneDNN bf16 check, AVX512-BF16 flag, AMX flag, machine)
+# (ATen capability, oneDNN built, oneDNN bf16 check, AVX512-BF16 flag, AMX flag, machine)
 MACHINES = {
-    "sapphire rapids (AMX)": ("AVX512", True, True, True, "x86_64"),
-    "zen 4 (AVX512-BF16)": ("AVX512", True, True, False, "x86_64"),
-    "skylake (AVX512, no bf16)": ("AVX512", True, False, False, "x86_64"),
-    "epyc (AVX2)": ("AVX2", False, False, False, "x86_64"),
-    "AMX forced to AVX2 (ATEN_CPU_CAPABILITY=avx2)": ("AVX2", True, True, True, "x86_64"),
-    "arm with bf16": ("DEFAULT", True, False, False, "aarch64"),
-    "arm without bf16": ("DEFAULT", False, False, False, "aarch64"),
+    "sapphire rapids (AMX)": ("AVX512", True, True, True, True, "x86_64"),
+    "zen 4 (AVX512-BF16)": ("AVX512", True, True, True, False, "x86_64"),
+    "skylake (AVX512, no bf16)": ("AVX512", True, True, False, False, "x86_64"),
+    "epyc (AVX2)": ("AVX2", True, False, False, False, "x86_64"),
+    "AMX forced to AVX2 (ATEN_CPU_CAPABILITY=avx2)": ("AVX2", True, True, True, True, "x86_64"),
+    "arm with bf16": ("DEFAULT", True, True, False, False, "aarch64"),
+    "arm without bf16": ("DEFAULT", True, False, False, False, "aarch64"),
+    # torch's macOS arm64 wheels have no oneDNN; M2 and later have the bf16 extension
+    "apple silicon (no oneDNN)": ("DEFAULT", False, True, False, False, "arm64"),
 }
 EXPECTED = {"sapphire rapids (AMX)": "bf16", "zen 4 (AVX512-BF16)": "bf16",
             "skylake (AVX512, no bf16)": "fp32", "epyc (AVX2)": "fp32",
             "AMX forced to AVX2 (ATEN_CPU_CAPABILITY=avx2)": "fp32", "arm with bf16": "bf16",
-            "arm without bf16": "fp32"}
+            "arm without bf16": "fp32", "apple silicon (no oneDNN)": "fp32"}
 
 
 @pytest.fixture
@@ -29,9 +31,9 @@ def machine(monkeypatch):
     monkeypatch.setattr(precision, "_SAID", set())
 
     def use(name):
-        cap, onednn, avx512_bf16, amx, arch = MACHINES[name]
+        cap, built, onednn, avx512_bf16, amx, arch = MACHINES[name]
         monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: cap)
-        monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
+        monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: built)
         monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn)
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
@@ -100,9 +102,11 @@ def test_cpu_kind_names_the_vector_extension(machine):
 def test_kernels_follow_the_precision():
     cuda = torch.device("cuda")
     assert fused_attention(CPU, "bf16", training=False)
-    assert not fused_attention(CPU, "bf16", training=True)  # dropout: the unfused math path
+    assert not fused_attention(CPU, "bf16", training=True)  # the flash backward is slower in bf16
     assert fused_attention(CPU, "fp32", training=False)  # 1.18x on AVX2, the same tokens
-    assert not fused_attention(CPU, "fp32", training=True)
+    assert fused_attention(CPU, "fp32", training=True)  # without dropout: 1.1-1.7x a layer
+    assert not fused_attention(CPU, "fp32", training=True, attn_drop=0.1)  # the math path
+    assert fused_attention(CPU, "fp32", training=False, attn_drop=0.1)  # no dropout in eval
     assert fused_attention(cuda, "bf16", training=True) and fused_attention(cuda, "fp16", training=False)
     assert not fused_attention(cuda, "fp32", training=False)
 
@@ -129,6 +133,13 @@ def test_packed_linears_on_every_cpu(machine, name, fp32, bf16):
     machine(name)
     assert packed_linears(CPU, "fp32") == fp32 and packed_linears(CPU, "bf16") == bf16
     assert not packed_linears(torch.device("cuda"), "bf16")
+
+
+def test_no_channels_last_without_onednn(machine):
+    machine("apple silicon (no oneDNN)")  # no reorder to save; 0.89x a training step
+    for training in (False, True):
+        assert not channels_last(CPU, "fp32", training) and not channels_last(CPU, "bf16", training)
+    assert memory_format(CPU, "fp32", training=True) == torch.contiguous_format
 
 
 def test_channels_last_follows_the_precision():

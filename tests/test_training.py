@@ -24,7 +24,7 @@ def maskgit():
 def transformer_inputs(model):
     """Record what the transformer is fed (the masked token ids)."""
     seen = []
-    model.transformer.register_forward_pre_hook(lambda _, args: seen.append(args[0].clone()))
+    model.transformer.tok_emb.register_forward_pre_hook(lambda _, args: seen.append(args[0].clone()))
     return seen
 
 
@@ -33,16 +33,20 @@ def test_maskgit_masking_counts_follow_gamma(maskgit):
     indices = torch.randint(0, k, (b, n), generator=torch.Generator().manual_seed(1))
     seen = transformer_inputs(maskgit)
     with torch.no_grad():
-        logits, target, weight = maskgit(indices, "maskgit",
-                                         generator=torch.Generator().manual_seed(5))
-    assert logits.shape == (b, n, k + 1) and torch.equal(target, indices)
+        logits, target, counted = maskgit(indices, "maskgit",
+                                          generator=torch.Generator().manual_seed(5))
     r = torch.rand(b, generator=torch.Generator().manual_seed(5))  # the same first draw
     expected = [min(n, max(1, math.ceil(maskgit.gamma(float(ri)) * n))) for ri in r]
-    assert weight.sum(-1).long().tolist() == expected
+    assert counted.sum(-1).tolist() == expected
     assert len(set(expected)) > 1  # each sample draws its own ratio
     fed = seen[-1]
-    assert torch.equal(fed == k, weight.bool())  # the loss covers exactly the masked tokens
-    assert torch.equal(fed[~weight.bool()], indices[~weight.bool()])
+    assert torch.equal(fed == k, counted)  # the loss covers exactly the masked tokens
+    assert torch.equal(fed[~counted], indices[~counted])
+    # logits at the counted tokens only, row-major, equal to the full forward's there
+    assert logits.shape == (sum(expected), k + 1) and torch.equal(target, indices[counted])
+    with torch.no_grad():
+        full = maskgit.transformer(fed)
+    torch.testing.assert_close(logits, full[counted], atol=1e-5, rtol=1e-5)
 
 
 def test_maskgit_masking_stays_inside_region(maskgit):
@@ -51,9 +55,8 @@ def test_maskgit_masking_stays_inside_region(maskgit):
     region = torch.rand(b, n, generator=torch.Generator().manual_seed(2)) < 0.3
     region[0] = False  # an empty region masks nothing
     with torch.no_grad():
-        _, _, weight = maskgit(indices, "maskgit", generator=torch.Generator().manual_seed(5),
+        _, _, masked = maskgit(indices, "maskgit", generator=torch.Generator().manual_seed(5),
                                region=region)
-    masked = weight.bool()
     assert not masked[~region].any()
     r = torch.rand(b, generator=torch.Generator().manual_seed(5))
     size = region.sum(-1).tolist()
@@ -82,8 +85,9 @@ def test_bernoulli_masking_weights_every_token(maskgit):
     indices = torch.randint(0, k, (8, n), generator=torch.Generator().manual_seed(2))
     seen = transformer_inputs(maskgit)
     with torch.no_grad():
-        _, _, weight = maskgit(indices, "bernoulli", generator=torch.Generator().manual_seed(3))
-    assert torch.equal(weight, torch.ones(8, n))
+        logits, target, counted = maskgit(indices, "bernoulli",
+                                          generator=torch.Generator().manual_seed(3))
+    assert counted.all() and logits.shape == (8 * n, k + 1) and torch.equal(target, indices.flatten())
     assert 0.4 < (seen[-1] == k).float().mean() < 0.6
 
 
@@ -92,17 +96,18 @@ def test_unknown_masking_is_user_error(maskgit):
         maskgit(torch.zeros(1, maskgit.num_image_tokens, dtype=torch.long), "random")
 
 
-def test_loss_is_mean_over_weighted_tokens():
+def test_loss_is_mean_over_counted_tokens():
     g = torch.Generator().manual_seed(0)
-    logits = torch.randn(2, 10, 7, generator=g)
-    target = torch.randint(0, 6, (2, 10), generator=g)
-    weight = torch.zeros(2, 10)
-    weight[0, :3] = weight[1, 5:] = 1
-    sel = weight.bool()
-    assert torch.allclose(MaskGit.loss(logits, target, weight),
-                          F.cross_entropy(logits[sel], target[sel]))
-    assert torch.allclose(MaskGit.loss(logits, target, torch.ones(2, 10)),
-                          F.cross_entropy(logits.flatten(0, 1), target.flatten()))
+    logits = torch.randn(8, 7, generator=g)
+    target = torch.randint(0, 6, (8,), generator=g)
+    manual = -(logits.log_softmax(-1)[torch.arange(8), target]).mean()
+    torch.testing.assert_close(MaskGit.loss(logits, target), manual)
+    torch.testing.assert_close(MaskGit.loss(logits.bfloat16(), target),  # computed in fp32
+                               -(logits.bfloat16().float().log_softmax(-1)[torch.arange(8), target]).mean())
+    smooth = MaskGit.loss(logits, target, 0.1)
+    torch.testing.assert_close(smooth, 0.9 * manual - 0.1 * logits.log_softmax(-1).mean())
+    empty = MaskGit.loss(torch.zeros(0, 7, requires_grad=True), torch.zeros(0, dtype=torch.long))
+    assert empty.item() == 0.0  # an empty batch of masked tokens: 0, not nan
 
 
 def test_maskgit_rejects_mismatched_vocab():
@@ -152,3 +157,25 @@ def test_hole_masking_bad_values_are_user_errors(tmp_path, flags, message):
             "--MaskGitConfig", str(MASKGIT_TINY), "--checkpoint-path", str(tmp_path / "ck"),
             "--token-cache", str(tmp_path / "cache"), "--partial", "0.05", *flags,
             "--set", f"model_param.VQ_Configs.VQ_config_path={VQ_TINY}"])
+
+
+@pytest.mark.parametrize("precision, attn_drop, fused", [("fp32", 0.0, True), ("fp32", 0.1, False),
+                                                         ("bf16", 0.0, False)])
+def test_training_takes_the_attention_kernels_of_the_policy(tmp_path, monkeypatch, precision,
+                                                            attn_drop, fused):
+    """The config asks for the hand-written attention; on CPU the trainer takes the fused
+    kernel where it trains faster (fp32 without attention dropout) and only there, and the
+    fused one for the fp32 validation, where it is faster too."""
+    from models.Transformer.attention import MultiHeadAttention
+    kernels, forward = set(), MultiHeadAttention.forward
+    monkeypatch.setattr(MultiHeadAttention, "forward",
+                        lambda self, x: kernels.add((self.training, self.fused)) or forward(self, x))
+    training_transformer.main([
+        "--MaskGitConfig", str(MASKGIT_TINY), "--checkpoint-path", str(tmp_path / "ck"),
+        "--token-cache", str(tmp_path / "cache"), "--partial", "0.05", "--batch-size", "8",
+        "--max-steps", "2", "--precision", precision, "--device", "cpu",
+        "--set", f"model_param.VQ_Configs.VQ_config_path={VQ_TINY}",
+        "model_param.Transformer_param.fused_attention=false",
+        f"model_param.Transformer_param.attn_drop={attn_drop}"])
+    assert kernels == {(True, fused), (False, True)}
+    assert (tmp_path / "ck" / "last.pt").exists()

@@ -46,3 +46,10 @@ def set_fused(model: nn.Module, fused: bool) -> None:
     for m in model.modules():
         if isinstance(m, MultiHeadAttention):
             m.fused = fused
+
+
+def attention_dropout(model: nn.Module) -> float:
+    """The largest attention-dropout probability in `model` (0 without attention layers):
+    what decides whether the fused kernel runs its unfused math path in training."""
+    return max((m.attn_drop for m in model.modules() if isinstance(m, MultiHeadAttention)),
+               default=0.0)

@@ -60,16 +60,24 @@ class BidirectionalTransformer(nn.Module):
         """tokens (B, N) in [0, K] (K = [MASK]) -> logits (B, N, K + 1).
 
         With `only` (B, N) bool, logits are computed at those positions alone and are 0
-        elsewhere: the last block's MLP and the prediction head skip the other rows
-        (decoding reads the masked positions only). The values there are unchanged.
+        elsewhere (decoding reads the masked positions only); see `logits_at`.
         """
-        n = tokens.shape[1]
-        x = self.drop(self.LN(self.tok_emb(tokens) + self.pos_emb[:n]))  # (B, N, C)
-        x = self.blocks[-1](self.blocks[:-1](x), only)  # (B, N, C), or (M, C) at `only`
-        bias = self.bias[:n] if only is None else self.bias[:n].expand(len(tokens), -1, -1)[only]
-        logits = self.Token_Prediction(x) @ self.tok_emb.weight.t() + bias  # (B, N, K+1) / (M, K+1)
         if only is None:
-            return logits
+            return self.logits_at(tokens)
+        logits = self.logits_at(tokens, only)
         full = logits.new_zeros(*tokens.shape, logits.shape[-1])  # (B, N, K+1)
         full[only] = logits
         return full
+
+    def logits_at(self, tokens: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens (B, N) -> logits (M, K + 1) at `rows` (B, N) bool, in row-major order, or
+        (B, N, K + 1) at every position without `rows`. The last block's MLP and the
+        prediction head skip the other rows (attention still reads every token); the values
+        at `rows` are those of the full forward."""
+        n = tokens.shape[1]
+        x = self.drop(self.LN(self.tok_emb(tokens) + self.pos_emb[:n]))  # (B, N, C)
+        x = self.blocks[-1](self.blocks[:-1](x), rows)  # (B, N, C), or (M, C) at `rows`
+        # the bias rows by position: gathering them from a (B, N, K+1) expansion would cost
+        # its backward a scatter into that whole tensor
+        bias = self.bias[:n] if rows is None else self.bias.index_select(0, rows.nonzero()[:, 1])
+        return self.Token_Prediction(x) @ self.tok_emb.weight.t() + bias  # (B, N, K+1) / (M, K+1)
