@@ -9,8 +9,11 @@ the lab-style baseline against ours, with each variant's peak memory.
             precision the policy picks for this machine (runtime/precision.py: bf16 autocast
             where the CPU or GPU runs bf16 natively, fp32 elsewhere, e.g. on AVX2 CPUs), the
             faster attention kernel for it (common.fast_path: fused on CUDA; on CPU the
-            hand-written one, as dropout sends SDPA to its math path), AdamW + grad
-            clipping, no .item().
+            hand-written one at the lab config, whose attention dropout sends SDPA to its
+            math path), AdamW + grad clipping, no .item().
+  attention one attention layer's forward + backward with the kernel the training policy
+            picks against the other one, per precision and attention dropout, at the
+            cat-face recipe's and the lab's shapes: a ratio >= 1 says the pick is the faster.
 Each variant runs in its own subprocesses, so its peak resident memory (ru_maxrss; on CUDA
 max_memory_allocated) is its own. The subprocesses take turns (baseline, ours, baseline,
 ours, ...) so that a change of load from other jobs hits both alike; the best step counts.
@@ -28,15 +31,19 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import (Row, add_common_args, build_maskgit, fast_path,  # noqa: E402
-                               generated_images, lab_path, maskgit_config, peak_rss_mb, table,
-                               timed)
+                               generated_images, interleaved, lab_path, maskgit_config,
+                               peak_rss_mb, table, timed)
 from benchmarks.lab_baseline import train_step_lab_style  # noqa: E402
 from data import normalization, normalize  # noqa: E402
+from models.Transformer.attention import MultiHeadAttention  # noqa: E402
 from models.VQGAN_Transformer import MaskGit  # noqa: E402
 from training_transformer import build_optimizer  # noqa: E402
-from runtime.precision import choose_precision, resolve_device, resolve_precision  # noqa: E402
+from runtime.precision import (autocast, choose_precision, fused_attention,  # noqa: E402
+                               resolve_device, resolve_precision)
 
 VARIANTS = ("baseline", "ours")
+# (name, dim, heads, batch) at N = 256 tokens: the cat-face recipe's transformer, the lab's
+ATTENTION_SHAPES = (("cat-face recipe", 256, 8, 32), ("lab", 768, 16, 8))
 
 
 def train_step(model: MaskGit, tokens: torch.Tensor, opt, autocast, grad_clip: float = 1.0):
@@ -101,6 +108,36 @@ def run(device=None, config: str = "lab", quick: bool = False, batch: int | None
     ]
 
 
+def attention_rows(device=None, quick: bool = False, shapes=ATTENTION_SHAPES) -> list[Row]:
+    """One attention layer's forward + backward in training, with the kernel the policy picks
+    (runtime.precision.fused_attention) against the other one, in this machine's precision
+    and in fp32, with and without attention dropout."""
+    device = resolve_device(device)
+    rows = []
+    for name, dim, heads, batch in shapes:
+        x = torch.randn(batch, 256, dim, device=device, requires_grad=True)
+        for precision in sorted({choose_precision("auto", device)[0], "fp32"}):
+            for drop in (0.0, 0.1):
+                layer = MultiHeadAttention(dim, heads, drop).to(device).train()
+                pick = fused_attention(device, precision, True, drop)
+
+                def step(fused, layer=layer, precision=precision):
+                    layer.fused = fused
+                    with autocast(device, precision):
+                        out = layer(x)
+                    out.float().sum().backward()
+                fns = {fused: (lambda fused=fused: step(fused)) for fused in (pick, not pick)}
+                for fn in fns.values():  # warm-up
+                    fn()
+                seconds = interleaved(fns, device, repeats=2 if quick else 6)
+                kernel = "fused" if pick else "hand-written"
+                rows.append(Row(f"attention fwd+bwd, {name}, dropout {drop}, batch {batch}",
+                                seconds[pick] * 1e3, seconds[not pick] * 1e3, "ms", higher=False,
+                                precision=precision,
+                                note=f"the policy's {kernel} kernel against the other one"))
+    return rows
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
@@ -111,7 +148,8 @@ def main(argv=None):
     if args.worker:
         print(json.dumps(worker(args.worker, args.device, args.config, args.batch, args.steps)))
     else:
-        print(table(run(args.device, args.config, args.quick, args.batch)))
+        print(table(run(args.device, args.config, args.quick, args.batch)
+                    + attention_rows(args.device, args.quick)))
 
 
 if __name__ == "__main__":

@@ -127,7 +127,8 @@ def main(argv=None):
         "fast-paths": lambda: bench_fast_paths.run(device, args.config, args.quick,
                                                    compile_=not args.quick),
         "conditional-decode": lambda: bench_conditional_decode.run(device, args.quick),
-        "training": lambda: bench_train.run(device, args.config, args.quick),
+        "training": lambda: (bench_train.run(device, args.config, args.quick)
+                             + bench_train.attention_rows(device, args.quick)),
         "vqgan-training": lambda: bench_vqgan_train.run(device, args.quick),
         "token-cache": lambda: bench_token_cache.run(device, "tiny", args.quick),
         "fid": lambda: fid_rows(args.quick),

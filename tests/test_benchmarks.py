@@ -49,3 +49,16 @@ def test_results_keep_one_section_per_kind():
         assert again.count(start) == again.count(end) == 1
         assert table in again.split(start)[1].split(end)[0]
     assert "table 1" not in again and "intro" in again and "hand-written notes" in again
+
+
+def test_attention_training_rows_name_the_policy_pick():
+    from benchmarks.bench_train import attention_rows
+    from runtime.precision import fused_attention
+    rows = attention_rows("cpu", quick=True, shapes=(("small", 32, 4, 2),))
+    precisions = sorted({OWN, "fp32"})
+    assert [(r.precision, r.name) for r in rows] == [
+        (p, f"attention fwd+bwd, small, dropout {d}, batch 2") for p in precisions for d in (0.0, 0.1)]
+    for r in rows:
+        assert r.unit == "ms" and not r.higher and r.ours > 0 and r.baseline > 0
+        pick = fused_attention(torch.device("cpu"), r.precision, True, float(r.name.split("dropout ")[1][:3]))
+        assert r.note.startswith(f"the policy's {'fused' if pick else 'hand-written'} kernel")
