@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from conftest import MASKGIT_TINY, VQ_TINY, maskgit_tiny_cfg
 from models.VQGAN_Transformer import MaskGit
