@@ -158,14 +158,15 @@ class MaskGit(nn.Module):
             scores = torch.rand(b, n, device=dev, generator=generator).masked_fill(~region, 2.0)
             rank = scores.argsort(dim=-1).argsort(dim=-1)  # tokens outside the region rank last
             masked = rank < n_mask.unsqueeze(-1)  # (B, N)
-            counted = masked
         elif masking == "bernoulli":
             masked = torch.rand(b, n, device=dev, generator=generator) < 0.5
-            counted = torch.ones_like(masked)
         else:
             raise UserError(f"unknown masking '{masking}'; choose maskgit or bernoulli")
-        logits = self.transformer.logits_at(torch.where(masked, self.mask_token_id, indices), counted)
-        return logits, indices[counted], counted
+        inputs = torch.where(masked, self.mask_token_id, indices)
+        if masking == "bernoulli":  # every token counts: the full forward, rows in order
+            logits = self.transformer.logits_at(inputs).flatten(0, 1)
+            return logits, indices.flatten(), torch.ones_like(masked)
+        return self.transformer.logits_at(inputs, masked), indices[masked], masked
 
     @staticmethod
     def loss(logits, target, label_smoothing: float = 0.0) -> torch.Tensor:

@@ -87,6 +87,8 @@ def test_bernoulli_masking_weights_every_token(maskgit):
         logits, target, counted = maskgit(indices, "bernoulli",
                                           generator=torch.Generator().manual_seed(3))
     assert counted.all() and logits.shape == (8 * n, k + 1) and torch.equal(target, indices.flatten())
+    with torch.no_grad():
+        torch.testing.assert_close(logits, maskgit.transformer(seen[-1]).flatten(0, 1))
     assert 0.4 < (seen[-1] == k).float().mean() < 0.6
 
 
