@@ -183,7 +183,8 @@ def main(argv=None) -> list[dict]:
     precision = resolve_precision(args.precision, device)
     out = ensure_writable_dir(args.out)
     model = load_maskgit(args.load_transformer_ckpt_path, args.MaskGitConfig, device, precision,
-                         args.conditional_vqgan, hole_fill=args.hole_fill, min_known=args.min_known)
+                         args.conditional_vqgan, hole_fill=args.hole_fill,
+                         min_known=args.min_known, reencode=args.reencode)
     mean, std = normalization(model.vq_config, "test")
     dataset = MaskedImageDataset(masked / "masked_image", masked / "mask64",
                                  model.vq_config["img_resolution"], mean, std)

@@ -30,7 +30,7 @@ from data import MaskedImageDataset, denormalize, normalization, to_uint8
 from models.compositing import MODES as COMPOSITE_MODES, composite as composite_images
 from models.Transformer.attention import set_fused
 from models.Transformer.int8 import quantize_linears
-from models.VQGAN_Transformer import HOLE_FILLS, MIN_KNOWN, MaskGit
+from models.VQGAN_Transformer import HOLE_FILLS, MIN_KNOWN, REENCODE, MaskGit
 from runtime.checkpoints import load_checkpoint, load_weights
 from runtime.precision import (CHOICES as PRECISIONS, autocast, channels_last, fused_attention,
                                resolve_device, resolve_precision)
@@ -93,6 +93,10 @@ def add_token_rule_args(p: argparse.ArgumentParser) -> None:
                    help="keep a token when at least this fraction of its pixels are known; 1 "
                         "re-predicts every token that touches a hole (default: the config's, else "
                         f"{MIN_KNOWN:g})")
+    p.add_argument("--reencode", type=int, default=None, metavar="N",
+                   help="after decoding, fill the holes with the decode (Poisson-blended), encode "
+                        "and decode again, N times; the output is still all VQGAN decode "
+                        f"(default: the config's, else {REENCODE}, the lab's way)")
 
 
 def check_schedule_args(total_iter: int, sweet_spot: int) -> None:
@@ -104,12 +108,13 @@ def check_schedule_args(total_iter: int, sweet_spot: int) -> None:
 
 def load_maskgit(ckpt_path, config_path=None, device="cpu", precision: str = "fp32",
                  conditional_vqgan=None, int8: bool = False, hole_fill: str | None = None,
-                 min_known: float | None = None) -> MaskGit:
+                 min_known: float | None = None, reencode: int | None = None) -> MaskGit:
     """Rebuild MaskGit from a transformer checkpoint (its stored config, EMA weights if any),
     for inference in the resolved `precision` with the kernels of `inference_kernels`. With
     `conditional_vqgan` (a checkpoint path), that conditional VQGAN is attached for decoding.
-    `int8` quantises the transformer's linears (approximate; CPU fp32 only). `hole_fill` and
-    `min_known`, where given, replace the config's token rule (MaskGit.set_token_rule)."""
+    `int8` quantises the transformer's linears (approximate; CPU fp32 only). `hole_fill`,
+    `min_known` and `reencode`, where given, replace the config's token rule
+    (MaskGit.set_token_rule)."""
     if int8 and (torch.device(device).type != "cpu" or precision != "fp32"):
         raise UserError(f"--int8 is a CPU fp32 path, not {precision} on {device}; "
                         f"add --device cpu --precision fp32, or drop --int8")
@@ -120,7 +125,8 @@ def load_maskgit(ckpt_path, config_path=None, device="cpu", precision: str = "fp
         cfg, state = load_config(config_path), ck
     else:
         raise UserError(f"checkpoint {ckpt_path} carries no config; pass --MaskGitConfig")
-    rule = {k: v for k, v in (("hole_fill", hole_fill), ("min_known", min_known)) if v is not None}
+    rule = {k: v for k, v in (("hole_fill", hole_fill), ("min_known", min_known), ("reencode", reencode))
+            if v is not None}
     model = MaskGit({**cfg["model_param"], **rule}, where=str(ckpt_path))
     load_weights(model.transformer, state, ckpt_path)
     if conditional_vqgan:
@@ -261,7 +267,7 @@ def main(argv=None):
     precision = resolve_precision(args.precision, device)
     model = load_maskgit(args.load_transformer_ckpt_path, args.MaskGitConfig, device, precision,
                          args.conditional_vqgan, int8=args.int8, hole_fill=args.hole_fill,
-                         min_known=args.min_known)
+                         min_known=args.min_known, reencode=args.reencode)
     ensure_writable_dir(args.out)
     if args.generate:
         results = generate(model, args.generate, args.out, args.total_iter, args.mask_func,

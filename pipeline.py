@@ -258,7 +258,8 @@ def main(argv=None) -> dict:
     tr_ckpt, config = train_stages(args, out, timings)
     precision = resolve_precision(args.precision, device, "inpainting precision")
     model = load_maskgit(tr_ckpt, config, device, precision, args.conditional_vqgan,
-                         hole_fill=args.hole_fill, min_known=args.min_known)
+                         hole_fill=args.hole_fill, min_known=args.min_known,
+                         reencode=args.reencode)
     res = model.vq_config["img_resolution"]
 
     t = time.time()
@@ -307,6 +308,7 @@ def main(argv=None) -> dict:
                 "mask function": args.mask_func or model.gamma.__name__.removeprefix("gamma_"),
                 "sampling temperature": model.decoding(args.temperature)[0],
                 "hole fill before encoding": model.hole_fill, "token kept at known fraction": model.min_known,
+                "re-encodes after decoding": model.reencode,
                 "seed": args.seed, "device": device}
     if args.conditional_vqgan:
         settings["conditional VQGAN (decodes the result)"] = args.conditional_vqgan

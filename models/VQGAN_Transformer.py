@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from runtime.checkpoints import load_checkpoint
 from utils import UserError, check_positive, check_probability, load_config, require_keys, resolve_path
-from .compositing import harmonic_fill
+from .compositing import harmonic_fill, poisson_blend
 from .decoding import iterative_decode, token_unknown_from_pixels
 from .schedules import gamma_func
 from .Transformer import BidirectionalTransformer
@@ -23,7 +23,7 @@ TRANSFORMER_OPTIONAL = ["num_heads", "attn_drop", "dropout", "fused_attention"]
 # that touches a hole re-predicted. Our recipes fill the holes first (README: lab-mode FID
 # 36.3 against 51.7 on cat faces, the same checkpoints).
 HOLE_FILLS = ("harmonic", "none")
-HOLE_FILL, MIN_KNOWN = "none", 1.0
+HOLE_FILL, MIN_KNOWN, REENCODE = "none", 1.0, 0
 
 
 def load_vqgan(config_path, ckpt_path=None) -> tuple[nn.Module, dict]:
@@ -79,7 +79,8 @@ class MaskGit(nn.Module):
         check_positive({"temperature": self.temperature,
                         "choice_temperature": self.choice_temperature}, where, strict=False)
         self.gamma = self.gamma_func(configs["gamma_type"])
-        self.set_token_rule(configs.get("hole_fill", HOLE_FILL), configs.get("min_known", MIN_KNOWN), where)
+        self.set_token_rule(configs.get("hole_fill", HOLE_FILL), configs.get("min_known", MIN_KNOWN), where,
+                            configs.get("reencode", REENCODE))
         self.transformer = build_transformer(configs["Transformer_param"], where)
         grid = vqgan.latent_resolution
         if (vqgan.num_codebook_vectors != self.mask_token_id
@@ -92,17 +93,21 @@ class MaskGit(nn.Module):
 
     gamma_func = staticmethod(gamma_func)
 
-    def set_token_rule(self, hole_fill: str, min_known: float, where: str) -> None:
+    def set_token_rule(self, hole_fill: str, min_known: float, where: str, reencode: int = REENCODE) -> None:
         """How `masked_tokens` reads a masked image: `hole_fill` "harmonic" encodes it with
         each hole filled by the harmonic function of its edge (the paint in the holes never
         reaches the encoder, whose receptive field reaches past a token's own patch), "none"
         encodes it as given (the lab's way); a token is kept when at least `min_known` of its
-        patch's pixels are known (1: every token that touches a hole is re-predicted)."""
+        patch's pixels are known (1: every token that touches a hole is re-predicted).
+        After decoding, `inpaint` runs `reencode` passes of `reencode_pass`, each encoding
+        the image again with its holes filled by the decode; 0 is the lab's way."""
         if hole_fill not in HOLE_FILLS:
             raise UserError(f"{where}: hole_fill {hole_fill!r} is not one of {', '.join(HOLE_FILLS)}")
         check_positive({"min_known": min_known}, where)  # with the next: a fraction in (0, 1]
         check_probability({"min_known": min_known}, where)
-        self.hole_fill, self.min_known = hole_fill, float(min_known)
+        if isinstance(reencode, bool) or not isinstance(reencode, int) or reencode < 0:
+            raise UserError(f"{where}: reencode {reencode!r} must be a whole number of passes >= 0")
+        self.hole_fill, self.min_known, self.reencode = hole_fill, float(min_known), reencode
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -189,13 +194,34 @@ class MaskGit(nn.Module):
         """Fill the holes of `images` (B, 3, R, R) normalised, `known` (B, 1, R, R) 1 = known:
         encode them, mask the tokens that touch a hole, and `complete` those.
 
-        Returns what `complete` returns. `autocast` (a context factory, e.g. bf16) covers the
-        VQGAN encode too. `conditional` decodes through the attached conditional VQGAN, which
-        keeps the known pixels of `images` itself.
+        Returns what `complete` returns, after `self.reencode` passes of `reencode_pass`
+        (then the tokens are the last pass's). `autocast` (a context factory, e.g. bf16)
+        covers the VQGAN encode too. `conditional` decodes through the attached conditional
+        VQGAN, which keeps the known pixels of `images` itself.
         """
         tokens = self.masked_tokens(images, known, autocast)
-        return self.complete(tokens, total_iter, generators, gamma, sweet_spot, record, autocast,
-                             temperature, choice_temperature, (images, known) if conditional else None)
+        condition = (images, known) if conditional else None
+        out, final, history = self.complete(tokens, total_iter, generators, gamma, sweet_spot, record,
+                                            autocast, temperature, choice_temperature, condition)
+        for _ in range(self.reencode):
+            out, final = self.reencode_pass(out, images, known, autocast, condition)
+        return out, final, history
+
+    @torch.inference_mode()
+    def reencode_pass(self, decoded: torch.Tensor, images: torch.Tensor, known: torch.Tensor,
+                      autocast=None, condition=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode `images` (B, 3, R, R) normalised with their holes (`known` (B, 1, R, R) 0)
+        filled by `decoded`, Poisson-blended so the fill meets the known pixels without a
+        seam, and decode every token again. Returns (images (B, 3, R, R) normalised, tokens
+        (B, N)). The encoder sees the known pixels next to the decode's guess instead of a
+        smooth fill, so the tokens of the known region come out nearer the image's own; the
+        output is still all VQGAN decode, no pixel is pasted into it."""
+        autocast = autocast or contextlib.nullcontext
+        filled = poisson_blend(decoded, images, known, pixel_range=None)  # linear: commutes with the normalisation
+        with autocast():
+            _, tokens = self.encode_to_z(filled)
+            out = self.decode_tokens(tokens, condition)
+        return out.float(), tokens
 
     @torch.inference_mode()
     def masked_tokens(self, images: torch.Tensor, known: torch.Tensor, autocast=None) -> torch.Tensor:

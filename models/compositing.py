@@ -79,14 +79,18 @@ def pyramid_fill(values: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
     return torch.where(known.bool(), values, up)
 
 
-def poisson_blend(generated: torch.Tensor, image: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+def poisson_blend(generated: torch.Tensor, image: torch.Tensor, known: torch.Tensor,
+                  pixel_range: tuple[float, float] | None = (0.0, 1.0)) -> torch.Tensor:
     """Seamless cloning of `generated` into the holes of `image`: the hole gets
     generated + h, where h is harmonic in the hole and equals image - generated on the
     known pixels around it, so the result is continuous across the hole's edge. Known
-    pixels stay exactly those of `image`."""
+    pixels stay exactly those of `image`. The blend is clamped to `pixel_range`; None
+    leaves it linear, e.g. on normalised images."""
     x = generated.float()  # the solve wants fp32 even under bf16 inference
-    correction = harmonic_fill(image.float() - x, ~known.bool())
-    return paste((x + correction).clamp(0, 1), image.float(), known).to(generated.dtype)
+    blend = x + harmonic_fill(image.float() - x, ~known.bool())
+    if pixel_range is not None:
+        blend = blend.clamp(*pixel_range)
+    return paste(blend, image.float(), known).to(generated.dtype)
 
 
 def composite(generated: torch.Tensor, image: torch.Tensor, known: torch.Tensor,

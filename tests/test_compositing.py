@@ -77,6 +77,19 @@ def test_poisson_blend_keeps_known_pixels_and_the_holes_gradients():
     assert (out - generated)[(~known).expand_as(out)].abs().max() > 0.01  # it did correct
 
 
+def test_poisson_blend_without_a_pixel_range_is_linear():
+    """pixel_range=None skips the clamp, so blending normalised images (2x - 1) gives the
+    normalised blend; the default clamps the holes to [0, 1], cutting off every negative."""
+    image, known, g = random_case(h=12, w=12)
+    generated = torch.rand(image.shape, generator=g)
+    normalise = lambda x: 2 * x - 1
+    linear = poisson_blend(normalise(generated), normalise(image), known, pixel_range=None)
+    torch.testing.assert_close(linear, normalise(poisson_blend(generated, image, known, pixel_range=None)))
+    hole = (~known).expand_as(linear)
+    assert linear[hole].amin() < 0
+    assert poisson_blend(normalise(generated), normalise(image), known)[hole].amin() >= 0
+
+
 def test_poisson_blend_is_batch_independent():
     image, known, g = random_case(b=4, h=10, w=10)
     generated = torch.rand(image.shape, generator=g)

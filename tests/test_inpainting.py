@@ -168,12 +168,35 @@ def test_min_known_keeps_the_filled_images_tokens(setup):
     assert (masked[0.5] <= masked[1.0]).all() and masked[0.5].sum() < masked[1.0].sum()
 
 
+def test_reencode_pass_encodes_the_blended_decode(setup):
+    """A re-encode pass decodes the tokens of the masked image with its holes filled by the
+    Poisson-blended decode: the paint in the holes never reaches it, and `inpaint` with
+    reencode N returns the N-th pass of what it returns with 0."""
+    model, images, known = load_model_and_images(setup)
+    gens = inpainting.image_generators
+    decoded, _, _ = model.inpaint(images, known, T, gens(range(N_IMAGES), 0, "cpu"))
+    out, tokens = model.reencode_pass(decoded, images, known)
+    _, want = model.encode_to_z(poisson_blend(decoded, images, known, pixel_range=None))
+    assert tokens.shape == (N_IMAGES, 256) and torch.equal(tokens, want)
+    torch.testing.assert_close(out, model.decode_tokens(want))
+    noisy = torch.where(known.bool(), images, torch.rand_like(images) * 2 - 1)
+    assert torch.equal(model.reencode_pass(decoded, noisy, known)[1], tokens)
+    assert not torch.equal(tokens, model.encode_to_z(decoded)[1])  # the known pixels count
+
+    model.set_token_rule(model.hole_fill, model.min_known, "test", reencode=2)
+    again, final, _ = model.inpaint(images, known, T, gens(range(N_IMAGES), 0, "cpu"))
+    second, second_tokens = model.reencode_pass(out, images, known)
+    assert torch.equal(final, second_tokens)
+    torch.testing.assert_close(again, second)
+
+
 def test_token_rule_flags_override_the_checkpoints_config(setup, full, tmp_path):
     ckpt, _ = setup
     model = inpainting.load_maskgit(ckpt)
     assert (model.hole_fill, model.min_known) == ("harmonic", 0.5)  # MaskGit_tiny.yml's
-    model = inpainting.load_maskgit(ckpt, hole_fill="none", min_known=1.0)
-    assert (model.hole_fill, model.min_known) == ("none", 1.0)
+    assert model.reencode == 0
+    model = inpainting.load_maskgit(ckpt, hole_fill="none", min_known=1.0, reencode=2)
+    assert (model.hole_fill, model.min_known, model.reencode) == ("none", 1.0, 2)
     # the lab's way re-predicts more tokens: the first step's picture has more still masked
     lab = run(setup, tmp_path, "--batch-size", "3", "--hole-fill", "none", "--min-known", "1")
     first = lambda out: np.asarray(Image.open(out / "mask_scheduling" / "image_000.png"))[:, :64]
@@ -184,6 +207,20 @@ def test_token_rule_flags_override_the_checkpoints_config(setup, full, tmp_path)
 def test_bad_token_rule(setup, tmp_path, flags):
     with pytest.raises(UserError, match="min_known"):
         run(setup, tmp_path, *flags)
+
+
+@pytest.mark.parametrize("reencode", [-1, 1.5, True])
+def test_bad_reencode_in_a_config(tiny_vq_ckpt, reencode):
+    params = {**maskgit_tiny_cfg(tiny_vq_ckpt)["model_param"], "reencode": reencode}
+    with pytest.raises(UserError, match="reencode"):
+        MaskGit(params, where="cfg.yml")
+
+
+def test_reencode_flag_reaches_the_output(setup, full, tmp_path):
+    out = run(setup, tmp_path, "--batch-size", "3", "--reencode", "1")
+    results, plain = read_folder(out / "test_results"), read_folder(full / "test_results")
+    assert list(results) == list(plain)
+    assert any(not np.array_equal(results[k], plain[k]) for k in results)
 
 
 def test_bad_hole_fill_in_a_config(tiny_vq_ckpt):
