@@ -57,11 +57,18 @@ def complete_lab_style(model: MaskGit, z: torch.Tensor, total_iter: int):
 
 
 def train_step_lab_style(model: MaskGit, images: torch.Tensor, opt: torch.optim.Optimizer) -> float:
-    """One fp32 step on normalised images (B, 3, R, R): encode, mask, predict, update."""
+    """One fp32 step on normalised images (B, 3, R, R): encode, mask, predict, update.
+
+    The lab template masks one ratio gamma(r) of the tokens per batch and predicts logits
+    at every token (B, N, K+1); the loss reads the masked ones."""
     model.train()
-    _, z = model.encode_to_z(images)  # the frozen VQGAN runs again on every batch
-    logits, target, weight = model(z)
-    loss = MaskGit.loss(logits, target, weight)
+    _, z = model.encode_to_z(images)  # (B, N); the frozen VQGAN runs again on every batch
+    b, n = z.shape
+    n_mask = max(1, math.ceil(model.gamma(float(torch.rand(1))) * n))
+    picked = torch.rand(b, n, device=z.device).topk(n_mask, dim=1).indices  # (B, n_mask)
+    masked = torch.zeros_like(z, dtype=torch.bool).scatter_(1, picked, True)  # (B, N)
+    logits = model.transformer(torch.where(masked, model.mask_token_id, z))  # (B, N, K+1)
+    loss = F.cross_entropy(logits[masked], z[masked])
     opt.zero_grad()
     loss.backward()
     opt.step()

@@ -62,3 +62,44 @@ def test_attention_training_rows_name_the_policy_pick():
         assert r.unit == "ms" and not r.higher and r.ours > 0 and r.baseline > 0
         pick = fused_attention(torch.device("cpu"), r.precision, True, float(r.name.split("dropout ")[1][:3]))
         assert r.note.startswith(f"the policy's {'fused' if pick else 'hand-written'} kernel")
+
+
+def test_train_benchmark_smoke():
+    """Both variants (the lab-style step and ours) run one training step in their own
+    processes on the tiny config and report a finite rate and peak memory."""
+    from benchmarks.bench_train import run
+    rows = run("cpu", "tiny", quick=True, batch=2)
+    assert [r.name for r in rows] == ["train fwd+bwd+step, batch 2", "train peak memory"]
+    for r in rows:
+        assert math.isfinite(r.ours) and r.ours > 0 and math.isfinite(r.baseline) and r.baseline > 0, r
+        assert r.precision == OWN
+
+
+def test_lab_style_train_step_learns():
+    """The baseline's step (full logits, loss on the masked tokens) lowers its loss on a
+    fixed batch: it trains, so its timing is of real work."""
+    from benchmarks.common import build_maskgit, generated_images, lab_path
+    from benchmarks.lab_baseline import train_step_lab_style
+    from data import normalization, normalize
+    model = build_maskgit("cpu", "tiny")
+    lab_path(model)
+    mean, std = normalization(model.vq_config, "train")
+    images = normalize(generated_images(4, model.vq_config["img_resolution"]).float() / 255, mean, std)
+    opt = torch.optim.Adam(model.transformer.parameters(), lr=3e-3)
+    torch.manual_seed(0)
+    losses = [train_step_lab_style(model, images, opt) for _ in range(30)]
+    assert all(math.isfinite(x) for x in losses)
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5, losses
+
+
+
+def test_token_cache_benchmark_smoke():
+    """The cache benchmark builds, reads and trains from its cache on the tiny config."""
+    from benchmarks.bench_token_cache import run
+    from benchmarks.common import maskgit_config
+    rows = run("cpu", "tiny", n_images=16, batch=8)
+    assert [r.name for r in rows] == ["stage-2 epoch, 16 images (tiny)", "token cache build (once per checkpoint)",
+                                      "token cache read (once per run)"]
+    assert all(math.isfinite(r.ours) and r.ours > 0 for r in rows), rows
+    tiny = maskgit_config("tiny")["train_param"]["precision"]
+    assert rows[0].baseline > 0 and rows[0].precision == choose_precision(tiny, torch.device("cpu"))[0]
