@@ -92,7 +92,6 @@ def test_lab_style_train_step_learns():
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5, losses
 
 
-
 def test_token_cache_benchmark_smoke():
     """The cache benchmark builds, reads and trains from its cache on the tiny config."""
     from benchmarks.bench_token_cache import run
