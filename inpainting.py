@@ -162,7 +162,8 @@ def step_pictures(model: MaskGit, history, masked01: torch.Tensor, mean, std, au
                   condition=None):
     """Per image: a strip of token masks and a strip of decoded images, one panel per step,
     decoded under the same `autocast` and by the same decoder (`condition` as for
-    `MaskGit.decode_tokens`) as the result, so the last panel is the result."""
+    `MaskGit.decode_tokens`) as the result, so the last panel is the result, or with
+    `reencode` passes (MaskGit.set_token_rule) what the first of them starts from."""
     grid, res = model.vqgan.latent_resolution, masked01.shape[-1]
     masks = [(tokens != model.mask_token_id) for tokens, _ in history]  # each (B, N) True = decided
     masks = torch.stack(masks, 1).view(len(masked01), len(history), 1, grid, grid).float()
