@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 
@@ -34,8 +35,18 @@ def init_distributed(device_flag: str | None) -> tuple[torch.device, int, int]:
 
 
 def cleanup_distributed() -> None:
+    """Leave the process group; call it from a `finally`.
+
+    After a run that ended without an exception, the ranks first meet at a barrier: this
+    thread waits there without the GIL, so gloo's worker threads can release the tensors of
+    the last collectives, which needs the GIL. Torch before 2.8 destroys a gloo group while
+    holding the GIL, and a worker still releasing one waits for it forever: with torch 2.4.1
+    most 2-rank CPU runs hung at exit. After an exception the other ranks may never reach
+    a barrier, so there is none."""
     import torch.distributed as dist
     if is_distributed():
+        if sys.exc_info()[0] is None:
+            dist.barrier()
         dist.destroy_process_group()
 
 

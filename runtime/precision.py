@@ -48,28 +48,44 @@ def _x86() -> bool:
     return platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
 
 
+def _cpu_has(feature: str) -> bool | None:
+    """torch.cpu's query for an x86 `feature` ('avx512_bf16', 'amx_tile'); None where this
+    torch has no such query (torch 2.5 added both)."""
+    query = getattr(torch.cpu, f"_is_{feature}_supported", None)
+    return None if query is None else bool(query())
+
+
+def _bf16_flags_unknown() -> bool:
+    """An AVX-512 x86 CPU whose torch cannot say whether it has bf16 instructions."""
+    return (_x86() and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+            and _cpu_has("avx512_bf16") is None and _cpu_has("amx_tile") is None)
+
+
 def cpu_native_bf16() -> bool:
     """Whether this CPU computes bf16 in hardware, as oneDNN and ATen will use it.
 
     oneDNN's check alone also says yes on AVX-512 CPUs without bf16 instructions, which it
     emulates; ATen's capability (AVX2 when forced by ATEN_CPU_CAPABILITY) rules out its
-    vector kernels on such a CPU."""
+    vector kernels on such a CPU. Where torch cannot tell, no: fp32 is never the 20x slower
+    choice."""
     onednn = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
     if not onednn:
         return False
     if not _x86():
         return True  # oneDNN reports bf16 on Arm only with the bf16 extension
     return (torch.backends.cpu.get_cpu_capability().startswith("AVX512")
-            and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()))
+            and bool(_cpu_has("avx512_bf16") or _cpu_has("amx_tile")))
 
 
 def cpu_kind() -> str:
     """The CPU as benchmarks name it: AMX, AVX512-BF16, AVX512, AVX2 or ATen's capability,
     with whether oneDNN runs bf16 natively here."""
     cap = torch.backends.cpu.get_cpu_capability()
+    if _bf16_flags_unknown():
+        return f"{cap}, bf16 unknown to torch {torch.__version__}"
     if cap.startswith("AVX512") and _x86():
-        cap = "AMX" if torch.cpu._is_amx_tile_supported() else (
-            "AVX512-BF16" if torch.cpu._is_avx512_bf16_supported() else "AVX512")
+        cap = "AMX" if _cpu_has("amx_tile") else (
+            "AVX512-BF16" if _cpu_has("avx512_bf16") else "AVX512")
     return f"{cap}, {'native' if cpu_native_bf16() else 'no native'} bf16"
 
 
@@ -87,6 +103,10 @@ def choose_precision(requested: str, device: torch.device) -> tuple[str, str]:
     if device.type == "cpu":
         if cpu_native_bf16():
             return "bf16", f"auto: the CPU has native bf16 ({cpu_kind()})"
+        if _bf16_flags_unknown():
+            return "fp32", (f"auto: torch {torch.__version__} cannot tell whether this "
+                            f"{torch.backends.cpu.get_cpu_capability()} CPU has native bf16; "
+                            f"torch 2.5 or newer can")
         return "fp32", f"auto: the CPU has no native bf16 ({cpu_kind()}), where bf16 is many times slower"
     return "fp32", f"auto: {device.type} has no mixed-precision policy here"
 
@@ -104,7 +124,8 @@ def resolve_precision(requested: str, device: torch.device, what: str = "precisi
     precision, reason = choose_precision(requested, device)
     say_once(f"{what}: {precision} ({reason})")
     if precision == "bf16" and torch.device(device).type == "cpu" and not cpu_native_bf16():
-        say_once(f"warning: bf16 on this CPU ({cpu_kind()}) is emulated and runs many times "
+        emulated = "may be emulated, and then runs" if _bf16_flags_unknown() else "is emulated and runs"
+        say_once(f"warning: bf16 on this CPU ({cpu_kind()}) {emulated} many times "
                  f"slower than fp32 (101-151 s against 5.3 s for a cat-face training step on "
                  f"a 2-core AVX2 CPU); use --precision auto or fp32", sys.stderr)
     return precision

@@ -18,7 +18,8 @@ import torch.multiprocessing as mp
 
 from conftest import run_script
 from data import write_synthetic_folder
-from runtime.distributed import check_replicas_identical, epoch_order
+from runtime import distributed
+from runtime.distributed import check_replicas_identical, cleanup_distributed, epoch_order
 
 NO_DROPOUT = ["model_param.Transformer_param.attn_drop=0", "model_param.Transformer_param.dropout=0"]
 
@@ -65,11 +66,31 @@ def _replica_worker(rank, init_file):
         with pytest.raises(RuntimeError, match="replicas diverged"):  # on every rank
             check_replicas_identical(model)
     finally:
-        dist.destroy_process_group()
+        cleanup_distributed()
 
 
 def test_replica_check_detects_one_differing_weight(tmp_path):
     mp.spawn(_replica_worker, args=(str(tmp_path / "init"),), nprocs=2)
+
+
+# ----------------------------------------------------------------------------- teardown
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_teardown_meets_at_a_barrier_only_after_a_run_without_an_exception(monkeypatch, fails):
+    calls = []
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)
+    monkeypatch.setattr(dist, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: calls.append("destroy"))
+    try:
+        try:
+            if fails:
+                raise ValueError("a rank failed")
+        finally:
+            cleanup_distributed()
+    except ValueError:
+        pass
+    # a failed rank must not wait for ranks that may never arrive
+    assert calls == (["destroy"] if fails else ["barrier", "destroy"])
 
 
 # ----------------------------------------------------------------------------- scripts under DDP

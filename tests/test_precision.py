@@ -18,11 +18,14 @@ MACHINES = {
     "arm without bf16": ("DEFAULT", True, False, False, False, "aarch64"),
     # torch's macOS arm64 wheels have no oneDNN; M2 and later have the bf16 extension
     "apple silicon (no oneDNN)": ("DEFAULT", False, True, False, False, "arm64"),
+    # torch 2.4 has no query for either flag (None: the query is absent)
+    "sapphire rapids, torch 2.4": ("AVX512", True, True, None, None, "x86_64"),
 }
 EXPECTED = {"sapphire rapids (AMX)": "bf16", "zen 4 (AVX512-BF16)": "bf16",
             "skylake (AVX512, no bf16)": "fp32", "epyc (AVX2)": "fp32",
             "AMX forced to AVX2 (ATEN_CPU_CAPABILITY=avx2)": "fp32", "arm with bf16": "bf16",
-            "arm without bf16": "fp32", "apple silicon (no oneDNN)": "fp32"}
+            "arm without bf16": "fp32", "apple silicon (no oneDNN)": "fp32",
+            "sapphire rapids, torch 2.4": "fp32"}
 
 
 @pytest.fixture
@@ -35,8 +38,11 @@ def machine(monkeypatch):
         monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: cap)
         monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: built)
         monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn)
-        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
-        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+        for query, flag in [("_is_avx512_bf16_supported", avx512_bf16), ("_is_amx_tile_supported", amx)]:
+            if flag is None:
+                monkeypatch.delattr(torch.cpu, query, raising=False)
+            else:
+                monkeypatch.setattr(torch.cpu, query, lambda flag=flag: flag, raising=False)
         monkeypatch.setattr(precision.platform, "machine", lambda: arch)
     return use
 
@@ -47,7 +53,8 @@ def test_auto_on_every_cpu(machine, name):
     chosen, reason = choose_precision("auto", CPU)
     assert chosen == EXPECTED[name]
     assert cpu_native_bf16() == (chosen == "bf16")
-    assert reason.startswith("auto: the CPU has " + ("native" if chosen == "bf16" else "no native"))
+    if name != "sapphire rapids, torch 2.4":
+        assert reason.startswith("auto: the CPU has " + ("native" if chosen == "bf16" else "no native"))
 
 
 @pytest.mark.parametrize("bf16, expected", [(True, "bf16"), (False, "fp16")])
@@ -82,6 +89,18 @@ def test_explicit_bf16_without_native_bf16_runs_and_warns_once(machine, capsys):
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("warning: bf16 on this CPU (AVX2, no native bf16) "
                                                "is emulated and runs many times slower than fp32")
+
+
+def test_a_torch_without_the_bf16_queries_says_so_and_keeps_fp32(machine, capsys):
+    machine("sapphire rapids, torch 2.4")
+    assert resolve_precision("auto", CPU) == "fp32"
+    assert capsys.readouterr().out == (
+        f"precision: fp32 (auto: torch {torch.__version__} cannot tell whether this AVX512 CPU "
+        f"has native bf16; torch 2.5 or newer can)\n")
+    assert resolve_precision("bf16", CPU) == "bf16"
+    assert capsys.readouterr().err.startswith(
+        f"warning: bf16 on this CPU (AVX512, bf16 unknown to torch {torch.__version__}) may be "
+        f"emulated, and then runs many times slower than fp32")
 
 
 def test_explicit_bf16_with_native_bf16_does_not_warn(machine, capsys):
