@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,9 +160,10 @@ def lab_path(model: MaskGit) -> None:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory in MiB (Linux reports ru_maxrss in KiB)."""
+    """This process's peak resident memory in MiB (ru_maxrss is in KiB on Linux, in bytes on
+    macOS)."""
     import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2 ** 20 if sys.platform == "darwin" else 1024)
 
 
 # Caps on the instruction sets the libraries use: with all four, an AVX-512/AMX host runs as

@@ -168,7 +168,8 @@ def packed_linears(device, precision: str) -> bool:
     """Whether inference multiplies by oneDNN-packed weights, packed once per decode
     (models/Transformer/packed.py).
 
-    bf16: on CPUs with native bf16 (the same logits as autocast, 7% faster decoding on AMX).
+    bf16: on x86 CPUs with native bf16 (the same logits as autocast, 7% faster decoding on
+    AMX); not on Arm, where the packed kernel was never run.
     fp32: on AVX2 CPUs, where oneDNN's packed fp32 matmul beat MKL's sgemm at 2 threads:
     1.10x the transformer forward at the lab config, batch 16, with the same tokens
     (benchmarks/bench_fast_paths.py). Not measured on AVX-512 in fp32, so not used there:
@@ -177,7 +178,7 @@ def packed_linears(device, precision: str) -> bool:
     if torch.device(device).type != "cpu":
         return False
     if precision == "bf16":
-        return cpu_native_bf16()
+        return cpu_native_bf16() and _x86()  # measured on x86 only; Arm keeps autocast's path
     return precision == "fp32" and torch.backends.cpu.get_cpu_capability() == "AVX2"
 
 

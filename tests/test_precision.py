@@ -147,7 +147,8 @@ def test_packing_follows_the_policy(machine):
 
 @pytest.mark.parametrize("name, fp32, bf16", [("epyc (AVX2)", True, False),
                                               ("sapphire rapids (AMX)", False, True),
-                                              ("skylake (AVX512, no bf16)", False, False)])
+                                              ("skylake (AVX512, no bf16)", False, False),
+                                              ("arm with bf16", False, False)])
 def test_packed_linears_on_every_cpu(machine, name, fp32, bf16):
     machine(name)
     assert packed_linears(CPU, "fp32") == fp32 and packed_linears(CPU, "bf16") == bf16
