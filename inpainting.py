@@ -106,6 +106,27 @@ def check_schedule_args(total_iter: int, sweet_spot: int) -> None:
         raise UserError(f"--sweet-spot {sweet_spot} must be -1 (no early stop) or a step count >= 1")
 
 
+def differing_keys(given: dict, used: dict, prefix: str = "") -> list[str]:
+    """Dotted keys of `given` whose values `used` does not share (nested dicts recursed)."""
+    keys = []
+    for key, value in given.items():
+        if isinstance(value, dict) and isinstance(used.get(key), dict):
+            keys += differing_keys(value, used[key], f"{prefix}{key}.")
+        elif used.get(key) != value:
+            keys.append(prefix + key)
+    return keys
+
+
+def say_unused_settings(given: dict, used: dict, config_path, ckpt_path) -> None:
+    """The checkpoint's own config wins over --MaskGitConfig: name what that leaves unused
+    (the VQGAN's paths aside, which the checkpoint resolved when it was trained)."""
+    unused = [k for k in differing_keys(given, used) if not k.startswith("VQ_Configs.")]
+    if unused:
+        print(f"note: {ckpt_path} carries its own config, which is used; these settings of "
+              f"{config_path} are not: {', '.join(unused)} (the decoding flags, e.g. "
+              f"--reencode, override it)")
+
+
 def load_maskgit(ckpt_path, config_path=None, device="cpu", precision: str = "fp32",
                  conditional_vqgan=None, int8: bool = False, hole_fill: str | None = None,
                  min_known: float | None = None, reencode: int | None = None) -> MaskGit:
@@ -121,6 +142,9 @@ def load_maskgit(ckpt_path, config_path=None, device="cpu", precision: str = "fp
     ck = load_checkpoint(ckpt_path, device)
     if "config" in ck and "model" in ck:
         cfg, state = ck["config"], (ck.get("ema") or ck["model"])
+        if config_path:
+            say_unused_settings(load_config(config_path)["model_param"], cfg["model_param"],
+                                config_path, ckpt_path)
     elif config_path:
         cfg, state = load_config(config_path), ck
     else:

@@ -3,6 +3,7 @@ independence, sweet spots, unconditional generation and compositing."""
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from conftest import maskgit_tiny_cfg
@@ -201,6 +202,25 @@ def test_token_rule_flags_override_the_checkpoints_config(setup, full, tmp_path)
     lab = run(setup, tmp_path, "--batch-size", "3", "--hole-fill", "none", "--min-known", "1")
     first = lambda out: np.asarray(Image.open(out / "mask_scheduling" / "image_000.png"))[:, :64]
     assert (first(lab) == 0).sum() > (first(full) == 0).sum()
+
+
+def test_a_config_beside_a_checkpoint_that_carries_one_names_what_it_leaves_unused(
+        setup, tmp_path, tiny_vq_ckpt, capsys):
+    ckpt, _ = setup
+    cfg = maskgit_tiny_cfg(tiny_vq_ckpt)
+    same, other = tmp_path / "same.yml", tmp_path / "other.yml"
+    same.write_text(yaml.safe_dump(cfg))
+    cfg["model_param"]["reencode"] = 2
+    cfg["model_param"]["Transformer_param"]["n_layers"] += 1
+    cfg["model_param"]["VQ_Configs"]["VQ_CKPT_path"] = "elsewhere.pt"  # a path: not a setting
+    other.write_text(yaml.safe_dump(cfg))
+    inpainting.load_maskgit(ckpt, same)
+    assert "note:" not in capsys.readouterr().out
+    model = inpainting.load_maskgit(ckpt, other)
+    assert model.reencode == 0  # the checkpoint's own config is what runs
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"note: {ckpt} carries its own config, which is used; these settings of {other} are "
+        f"not: Transformer_param.n_layers, reencode (the decoding flags, e.g. --reencode, override it)")
 
 
 @pytest.mark.parametrize("flags", [["--min-known", "0"], ["--min-known", "1.5"]])
