@@ -60,6 +60,7 @@ from runtime.lr_schedule import lr_factor
 from runtime.precision import memory_format, resolve_precision
 from runtime.rng import all_rng_states, restore_rng, seed_everything
 from runtime.run_log import RunLogger
+from runtime.pace import Pace
 from runtime.stopping import GracefulStop, check_finite
 from training_vqgan import add_run_args, train_step
 from utils import (UserError, apply_overrides, check_positive, check_probability, ensure_writable_dir,
@@ -243,6 +244,8 @@ def main(argv=None):
     if not resumed:  # step 0: the plain decoder, the baseline every later step is read against
         report(evaluate(vq, val, known_val, mean, std, device), {})
     stop = GracefulStop(device, args.time_budget)
+    pace = Pace(step, total_steps, stop.deadline, enabled=rank == 0, why_slower="the PatchGAN trains",
+                slower_from=tc["disc_start"] if tc["disc_weight"] > 0 else None)
     stopping, log = False, {}
     try:
         while step < total_steps and not stopping:
@@ -268,6 +271,7 @@ def main(argv=None):
                                     hole_weight=tc["hole_weight"], token_noise=tc["token_noise"])
                 step += 1
                 bar.set_postfix({k: f"{v:.3g}" for k, v in log.items()})
+                pace.after_step(step)
                 stopping = stop.after_step(step, args.ckpt_interval,
                                            lambda: checkpoint(out / "last.pt", b_idx + 1))
                 if args.keep_every and step % args.keep_every == 0:

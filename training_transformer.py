@@ -37,6 +37,7 @@ from runtime.lr_schedule import lr_factor
 from runtime.precision import CHOICES as PRECISIONS, autocast, fused_attention, resolve_precision
 from runtime.rng import all_rng_states, restore_rng, seed_everything
 from runtime.run_log import RunLogger
+from runtime.pace import Pace
 from runtime.stopping import GracefulStop, check_finite
 from utils import (UserError, add_overrides_arg, apply_overrides, check_positive, check_probability,
                    ensure_writable_dir, load_config, require_keys, run_cli)
@@ -233,6 +234,7 @@ def main(argv=None):
 
     # from here on Ctrl-C, SIGTERM and the time budget stop between steps, with a checkpoint
     stop = GracefulStop(device, args.time_budget)
+    pace = Pace(step, total_steps, stop.deadline, enabled=rank == 0)
     stopping = False
     try:
         while step < total_steps and not stopping:
@@ -276,6 +278,7 @@ def main(argv=None):
                 loss_sum += loss.detach()
                 n_steps += 1
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{sched.get_last_lr()[0]:.2e}")
+                pace.after_step(step)
                 stopping = stop.after_step(step, args.ckpt_interval,
                                            lambda: checkpoint(out / "last.pt", b_idx + 1))
                 if stopping or step == total_steps:

@@ -37,6 +37,7 @@ from runtime.lr_schedule import lr_factor
 from runtime.precision import CHOICES as PRECISIONS, autocast, memory_format, resolve_precision
 from runtime.rng import all_rng_states, restore_rng, seed_everything
 from runtime.run_log import RunLogger
+from runtime.pace import Pace
 from runtime.stopping import GracefulStop, check_finite
 from utils import (UserError, add_overrides_arg, apply_overrides, check_positive, ensure_writable_dir,
                    load_config, require_keys, run_cli)
@@ -232,6 +233,8 @@ def main(argv=None):
 
     # from here on Ctrl-C, SIGTERM and the time budget stop between steps, with a checkpoint
     stop = GracefulStop(device, args.time_budget)
+    pace = Pace(step, total_steps, stop.deadline, enabled=rank == 0, why_slower="the PatchGAN trains",
+                slower_from=tc["disc_start"] if tc["disc_weight"] > 0 else None)
     stopping, log = False, {}
     try:
         while step < total_steps and not stopping:
@@ -264,6 +267,7 @@ def main(argv=None):
                         torch.distributed.broadcast(vq.codebook.embedding.weight.data, 0)
                     counts.zero_()
                 bar.set_postfix({k: f"{v:.3g}" for k, v in log.items()})
+                pace.after_step(step)
                 stopping = stop.after_step(step, args.ckpt_interval,
                                            lambda: checkpoint(out / "last.pt", b_idx + 1))
                 if args.keep_every and step % args.keep_every == 0:

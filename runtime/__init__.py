@@ -6,5 +6,6 @@
     distributed  torchrun set-up, collectives, the per-rank data order
     ema          exponential moving average of the weights
     stopping     signals, time budgets and NaN checks between steps
+    pace         the early forecast of how long the rest of a run takes
     run_log      metrics as JSON lines (and wandb when asked)
 """

@@ -33,7 +33,7 @@ class GracefulStop:
 
     def __init__(self, device: torch.device, time_budget_minutes: float = 0.0):
         self.device, self.signal, self._since = device, None, 0.0
-        self._deadline = time.time() + 60 * time_budget_minutes if time_budget_minutes else math.inf
+        self.deadline = time.time() + 60 * time_budget_minutes if time_budget_minutes else math.inf
         self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def _handle(self, signum, frame) -> None:
@@ -47,7 +47,7 @@ class GracefulStop:
     def requested(self) -> bool:
         """True once a signal arrived or the budget ran out on any rank: under DDP all ranks
         must leave the loop at the same step, or the others would wait forever (collective)."""
-        flag = torch.tensor(float(self.signal is not None or time.time() > self._deadline),
+        flag = torch.tensor(float(self.signal is not None or time.time() > self.deadline),
                             device=self.device)
         if is_distributed():
             import torch.distributed as dist

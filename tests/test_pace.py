@@ -1,0 +1,72 @@
+"""The early forecast of a run's length, on a fake clock: when it is said, what it says, the
+time budget's stopping step, and the second forecast once the GAN makes steps slower."""
+import math
+
+import pytest
+
+from runtime import pace
+from runtime.pace import Pace, duration
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """A clock that advances only when told to."""
+    now = [1000.0]
+    monkeypatch.setattr(pace.time, "time", lambda: now[0])
+    return now
+
+
+def run(p, clock, steps, seconds_per_step):
+    """Steps 1..steps at a fixed cost (or a cost per step, a function); the forecasts said."""
+    said = []
+    for step in range(1, steps + 1):
+        clock[0] += seconds_per_step(step) if callable(seconds_per_step) else seconds_per_step
+        said.append(p.after_step(step))
+    return [(step, line) for step, line in enumerate(said, start=1) if line]
+
+
+@pytest.mark.parametrize("seconds, text", [(40, "40 s"), (89, "89 s"), (2940, "49 min"),
+                                           (9360, "2.6 h")])
+def test_duration(seconds, text):
+    assert duration(seconds) == text
+
+
+def test_one_forecast_after_the_warmup_and_the_timed_steps(clock, capsys):
+    said = run(Pace(0, 100), clock, 100, 2.0)
+    assert said == [(22, "pace: 2.00 s per step (steps 3-22); at this pace the 78 steps left take "
+                         "about 3 min more on this machine, validations not counted")]
+    assert capsys.readouterr().out == said[0][1] + "\n"
+
+
+def test_the_warmup_is_not_timed_and_a_resumed_run_starts_from_its_step(clock):
+    slow_start = lambda step: 30.0 if step <= 52 else 1.0  # resumed at 50: 2 slow steps
+    said = run(Pace(50, 200), clock, 200, slow_start)
+    assert said[0][0] == 72 and said[0][1].startswith("pace: 1.00 s per step (steps 53-72)")
+
+
+def test_a_time_budget_that_ends_first_names_the_step_it_stops_near(clock):
+    deadline = clock[0] + 100.0  # 100 s for a run of 1000 steps of 1 s
+    said = run(Pace(0, 1000, deadline), clock, 30, 1.0)
+    assert said[0][1].splitlines()[1] == (
+        "note: at this pace the time budget stops the run near step 100 of 1000, so its "
+        "result will not be the recipe's; --resume continues it")
+    roomy = run(Pace(0, 1000, clock[0] + 2000.0), clock, 30, 1.0)
+    assert "note" not in roomy[0][1]
+
+
+def test_a_second_forecast_where_steps_become_slower(clock):
+    gan = lambda step: 1.0 if step <= 50 else 3.0  # the GAN from step 51 on
+    p = Pace(0, 100, slower_from=50, why_slower="the PatchGAN trains")
+    said = run(p, clock, 100, gan)
+    assert [step for step, _ in said] == [22, 72]
+    assert said[0][1].endswith("; from step 50 the PatchGAN trains and steps cost more: a "
+                               "second forecast follows there")
+    assert said[1][1] == ("pace: 3.00 s per step (steps 53-72); at this pace the 28 steps left "
+                          "take about 84 s more on this machine, validations not counted")
+
+
+@pytest.mark.parametrize("kwargs", [dict(enabled=False),  # ranks other than 0
+                                    dict(start_step=90)])  # too few steps left to time
+def test_silent(clock, kwargs):
+    p = Pace(**{"start_step": 0, "total_steps": 110, **kwargs})
+    assert run(p, clock, 110, 1.0) == [] and p.deadline == math.inf
