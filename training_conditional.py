@@ -244,8 +244,9 @@ def main(argv=None):
     if not resumed:  # step 0: the plain decoder, the baseline every later step is read against
         report(evaluate(vq, val, known_val, mean, std, device), {})
     stop = GracefulStop(device, args.time_budget)
-    pace = Pace(step, total_steps, stop.deadline, enabled=rank == 0, why_slower="the PatchGAN trains",
-                slower_from=tc["disc_start"] if tc["disc_weight"] > 0 else None)
+    pace = Pace(step, total_steps, steps_per_epoch, stop.deadline, enabled=rank == 0,
+                slower_from=tc["disc_start"] if tc["disc_weight"] > 0 else None,
+                why_slower="the PatchGAN trains")
     stopping, log = False, {}
     try:
         while step < total_steps and not stopping:
@@ -281,6 +282,7 @@ def main(argv=None):
             if stopping:
                 break
             epoch, skip = (epoch + 1, 0) if done == skip + len(batches) else (epoch, done)
+            pace.validation_starts()
             val_psnr = report(evaluate(vq, val, known_val, mean, std, device), log)
             if rank == 0:
                 save_examples(vq, val[:8], known_val[:8], mean, std, device, out / "reconstructions.png")
@@ -288,6 +290,7 @@ def main(argv=None):
                 best = val_psnr
                 checkpoint(out / "best.pt", skip)
             checkpoint(out / "last.pt", skip)
+            pace.validation_ends(step)
             stopping = stop.requested()
     finally:
         stop.restore()

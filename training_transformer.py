@@ -234,7 +234,7 @@ def main(argv=None):
 
     # from here on Ctrl-C, SIGTERM and the time budget stop between steps, with a checkpoint
     stop = GracefulStop(device, args.time_budget)
-    pace = Pace(step, total_steps, stop.deadline, enabled=rank == 0)
+    pace = Pace(step, total_steps, steps_per_epoch, stop.deadline, enabled=rank == 0)
     stopping = False
     try:
         while step < total_steps and not stopping:
@@ -287,6 +287,7 @@ def main(argv=None):
                 break
             # max_steps may end mid-epoch: the checkpoints below then record the position
             epoch, skip = (epoch + 1, 0) if done == skip + len(batches) else (epoch, done)
+            pace.validation_starts()
             with ema.swapped_into(transformer) if ema else contextlib.nullcontext():
                 val = validation_loss(model, val_tokens, tp, device, 4 * bs, fused_eval)
             # ranks agree on `val` exactly, so they take the same checkpoint branch below
@@ -305,6 +306,7 @@ def main(argv=None):
             if args.save_per_epoch and skip == 0 and epoch % args.save_per_epoch == 0:
                 checkpoint(out / f"epoch_{epoch:03d}.pt", 0)
             checkpoint(out / "last.pt", skip)
+            pace.validation_ends(step)
             stopping = stop.requested()
     finally:
         stop.restore()

@@ -233,8 +233,9 @@ def main(argv=None):
 
     # from here on Ctrl-C, SIGTERM and the time budget stop between steps, with a checkpoint
     stop = GracefulStop(device, args.time_budget)
-    pace = Pace(step, total_steps, stop.deadline, enabled=rank == 0, why_slower="the PatchGAN trains",
-                slower_from=tc["disc_start"] if tc["disc_weight"] > 0 else None)
+    pace = Pace(step, total_steps, steps_per_epoch, stop.deadline, enabled=rank == 0,
+                slower_from=tc["disc_start"] if tc["disc_weight"] > 0 else None,
+                why_slower="the PatchGAN trains")
     stopping, log = False, {}
     try:
         while step < total_steps and not stopping:
@@ -278,6 +279,7 @@ def main(argv=None):
                 break
             # max_steps may end mid-epoch: the checkpoints below then record the position
             epoch, skip = (epoch + 1, 0) if done == skip + len(batches) else (epoch, done)
+            pace.validation_starts()
             # every rank evaluates (identical replicas; the others would only wait), so all
             # agree on `best` and take part in the collective checkpoint below
             metrics = evaluate(vq, val, mean, std, device)
@@ -290,6 +292,7 @@ def main(argv=None):
                 best = metrics["val_psnr"]
                 checkpoint(out / "best.pt", skip)
             checkpoint(out / "last.pt", skip)
+            pace.validation_ends(step)
             stopping = stop.requested()
     finally:
         stop.restore()

@@ -31,14 +31,19 @@ class Pace:
     budget (a `time.time()` value; inf for none) falls before the end, the step it stops near.
 
     `slower_from` is a step from which steps cost more (the GAN's start in stage 1): the
-    first forecast says so, and the pace is measured again there for a second one."""
+    first forecast says so, and the pace is measured again there for a second one. The
+    first end-of-epoch validation (with its checkpoints), timed between `validation_starts`
+    and `validation_ends`, completes the forecast: one validation per `steps_per_epoch`."""
 
-    def __init__(self, start_step: int, total_steps: int, deadline: float = math.inf,
-                 steps: int = 20, enabled: bool = True, slower_from: int | None = None,
-                 why_slower: str = ""):
+    def __init__(self, start_step: int, total_steps: int, steps_per_epoch: int,
+                 deadline: float = math.inf, steps: int = 20, enabled: bool = True,
+                 slower_from: int | None = None, why_slower: str = ""):
         self.total, self.deadline, self.steps, self.enabled = total_steps, deadline, steps, enabled
+        self.steps_per_epoch = steps_per_epoch
         self.slower_from = slower_from if slower_from and start_step < slower_from < total_steps else None
         self.why_slower = why_slower
+        self.per_step = self.t_validation = None
+        self.validation_said = not enabled
         self._arm(start_step)
 
     def _arm(self, step: int) -> None:
@@ -57,7 +62,7 @@ class Pace:
             return None
         self.armed = False
         now = time.time()
-        per_step = (now - self.t0) / self.steps
+        per_step = self.per_step = (now - self.t0) / self.steps
         left = self.total - step
         line = (f"pace: {per_step:.2f} s per step (steps {self.begin + 1}-{step}); at this pace "
                 f"the {left} steps left take about {duration(left * per_step)} more on this "
@@ -69,5 +74,23 @@ class Pace:
             near = step + int((self.deadline - now) / per_step)
             line += (f"\nnote: at this pace the time budget stops the run near step {near} of "
                      f"{self.total}, so its result will not be the recipe's; --resume continues it")
+        tqdm.write(line)
+        return line
+
+    def validation_starts(self) -> None:
+        self.t_validation = time.time()
+
+    def validation_ends(self, step: int) -> str | None:
+        """After the first validation that follows a forecast: the rest of the run with the
+        validations still to come, printed and returned."""
+        if self.per_step is None or self.t_validation is None or self.validation_said:
+            return None
+        seconds, self.validation_said = time.time() - self.t_validation, True
+        left = self.total - step
+        if left <= 0:
+            return None
+        count = math.ceil(left / self.steps_per_epoch)
+        line = (f"pace: a validation takes {duration(seconds)}; with {count} more, the {left} "
+                f"steps left take about {duration(left * self.per_step + count * seconds)} more")
         tqdm.write(line)
         return line
