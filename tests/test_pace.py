@@ -75,12 +75,14 @@ def test_silent(clock, kwargs):
 
 def test_the_first_validation_completes_the_forecast_once(clock):
     p = Pace(0, 1000, 100)
-    run(p, clock, 100, 2.0)  # the step forecast at step 22: 2 s per step
+    run(p, clock, 100, lambda step: 2.0 if step <= 22 else 1.0)  # the steps speed up
     p.validation_starts()
     clock[0] += 60.0
-    # 900 steps and 9 validations left: 1800 + 540 s
-    assert p.validation_ends(100) == ("pace: a validation takes 60 s; with 9 more, the 900 "
-                                      "steps left take about 39 min more")
+    # over steps 3-100: (20 * 2 + 78 * 1) / 98 s; then 900 steps and 9 validations left
+    per_step = 118 / 98
+    assert p.validation_ends(100) == (
+        f"pace: {per_step:.2f} s per step (steps 3-100) and 60 s per validation; with 9 more, "
+        f"the 900 steps left take about {(900 * per_step + 540) / 60:.0f} min more")
     p.validation_starts()
     clock[0] += 60.0
     assert p.validation_ends(200) is None
