@@ -34,10 +34,10 @@ from runtime.distributed import (all_reduce_mean, check_replicas_identical, clea
                                  epoch_order, init_distributed)
 from runtime.ema import EMA
 from runtime.lr_schedule import lr_factor
+from runtime.pace import Pace
 from runtime.precision import CHOICES as PRECISIONS, autocast, fused_attention, resolve_precision
 from runtime.rng import all_rng_states, restore_rng, seed_everything
 from runtime.run_log import RunLogger
-from runtime.pace import Pace
 from runtime.stopping import GracefulStop, check_finite
 from utils import (UserError, add_overrides_arg, apply_overrides, check_positive, check_probability,
                    ensure_writable_dir, load_config, require_keys, run_cli)

@@ -34,10 +34,10 @@ from runtime.checkpoints import load_checkpoint, load_weights, save_checkpoint
 from runtime.distributed import (all_reduce_mean, check_replicas_identical, cleanup_distributed,
                                  epoch_order, init_distributed)
 from runtime.lr_schedule import lr_factor
+from runtime.pace import Pace
 from runtime.precision import CHOICES as PRECISIONS, autocast, memory_format, resolve_precision
 from runtime.rng import all_rng_states, restore_rng, seed_everything
 from runtime.run_log import RunLogger
-from runtime.pace import Pace
 from runtime.stopping import GracefulStop, check_finite
 from utils import (UserError, add_overrides_arg, apply_overrides, check_positive, ensure_writable_dir,
                    load_config, require_keys, run_cli)

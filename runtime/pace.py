@@ -83,15 +83,20 @@ class Pace:
     def validation_ends(self, step: int) -> str | None:
         """After the first validation that follows a forecast: the pace over every step
         timed so far, and the rest of the run with the validations still to come, printed
-        and returned."""
-        if self.per_step is None or self.t_validation is None or self.validation_said:
+        and returned. The step clock does not run during validations."""
+        if self.t_validation is None:
             return None
-        seconds, self.validation_said = time.time() - self.t_validation, True
+        seconds = time.time() - self.t_validation
+        if self.t0 is not None:
+            self.t0 += seconds
+        if self.per_step is None or self.validation_said:
+            return None
+        self.validation_said = True
         left = self.total - step
         if left <= 0:
             return None
         if self.t0 is not None and step > self.begin:  # a longer baseline than the first one
-            self.per_step = (self.t_validation - self.t0) / (step - self.begin)
+            self.per_step = (self.t_validation - self.t0 + seconds) / (step - self.begin)
         count = math.ceil(left / self.steps_per_epoch)
         line = (f"pace: {self.per_step:.2f} s per step (steps {self.begin + 1}-{step}) and "
                 f"{duration(seconds)} per validation; with {count} more, the {left} steps left "

@@ -97,3 +97,23 @@ def test_a_validation_before_any_forecast_or_at_the_end_says_nothing(clock):
     run(last, clock, 100, 1.0)
     last.validation_starts()
     assert last.validation_ends(100) is None  # nothing left to forecast
+
+
+def test_validations_inside_the_timed_steps_are_not_counted_as_steps(clock):
+    p = Pace(0, 1000, 10)  # a validation every 10 steps, inside the first 22
+    said = []
+    for step in range(1, 23):
+        clock[0] += 1.0
+        said.append(p.after_step(step))
+        if step % 10 == 0:
+            p.validation_starts()
+            clock[0] += 50.0
+            said.append(p.validation_ends(step))
+    # the validation at step 10 came before any forecast; the one at 20 was after the
+    # clock started, and neither counts as step time
+    assert [line for line in said if line] == [
+        "pace: 1.00 s per step (steps 3-22); at this pace the 978 steps left take about 16 min "
+        "more on this machine, validations not counted"]
+    p.validation_starts()
+    clock[0] += 50.0
+    assert p.validation_ends(22).startswith("pace: 1.00 s per step (steps 3-22) and 50 s per validation")
