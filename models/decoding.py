@@ -47,34 +47,44 @@ def decode_step(logits: torch.Tensor, tokens: torch.Tensor, n_unknown_start: tor
     """One decoding step.
 
     logits (B, N, K+1); tokens (B, N) in [0, K] with K = [MASK];
-    sample_noise (B, N, K+1) and confidence_noise (B, N) are Gumbel(0, 1) samples.
+    sample_noise (B, N, K+1) and confidence_noise (B, N) are Gumbel(0, 1) samples; sample_noise
+    is not read (may be None) at temperature 0.
     Tokens are sampled from softmax(logits / temperature) (0: the most likely token);
     confidence is the untempered log p of the sampled token.
     Returns (next_tokens (B, N) with re-masked positions set to K,
              sampled (B, N) in [0, K): every position filled).
     """
     mask_id = logits.shape[-1] - 1
-    unknown = tokens == mask_id
-    logits = logits.float().clone()  # .float() returns an fp32 input itself: do not edit it
-    logits[..., mask_id] = -math.inf  # never emit [MASK]
-    logp = logits.log_softmax(dim=-1)
+    unknown = tokens == mask_id  # (B, N)
+    # only the masked rows are read: the others keep their token at infinite confidence
+    rows = logits[unknown].float()  # (M, K+1), a copy in row-major order
+    rows[:, mask_id] = -math.inf  # never emit [MASK]
+    logp = rows.log_softmax(dim=-1)
     # Gumbel-max: argmax(logp / temperature + g) is a sample of softmax(logits / temperature)
-    scores = logp / temperature + sample_noise if temperature > 0 else logp
-    sampled = torch.where(unknown, scores.argmax(dim=-1), tokens)
+    scores = logp / temperature + sample_noise[unknown] if temperature > 0 else logp
+    best = scores.argmax(dim=-1)  # (M,)
+    sampled = tokens.masked_scatter(unknown, best)
     ratio = (step + 1) / total_iter
-    confidence = logp.gather(-1, sampled.unsqueeze(-1)).squeeze(-1)  # (B, N) log p(sampled)
-    confidence = confidence + choice_temperature * (1.0 - ratio) * confidence_noise
-    confidence = torch.where(unknown, confidence, math.inf)
+    confidence = torch.full(tokens.shape, math.inf, device=tokens.device)  # (B, N)
+    confidence[unknown] = (logp.gather(-1, best.unsqueeze(-1)).squeeze(-1)  # log p(sampled)
+                           + choice_temperature * (1.0 - ratio) * confidence_noise[unknown])
     n_mask = num_masked_after(step, total_iter, n_unknown_start, unknown.sum(-1), gamma)  # (B,)
     rank = confidence.argsort(dim=-1, stable=True).argsort(dim=-1)  # 0 = least confident
     remask = rank < n_mask.unsqueeze(-1)
     return torch.where(remask, mask_id, sampled), sampled
 
 
-def sample_noise(generators: list[torch.Generator], n: int, vocab: int, device) -> tuple:
-    """Per-image noise from per-image generators, so batching never changes results."""
+def sample_noise(generators: list[torch.Generator], n: int, vocab: int, device,
+                 sampling: bool = True) -> tuple:
+    """(sample noise (B, N, vocab), confidence noise (B, N)), Gumbel(0, 1), from per-image
+    generators, so batching never changes results. Without `sampling` (temperature 0, which
+    reads no sample noise) the sample noise is None: its uniforms are still drawn, so each
+    image's stream and tokens stay those of every temperature, but are not turned into
+    Gumbel noise (4097 values per token at the cat-face recipe's 4096 codes)."""
     u = torch.stack([torch.rand(n * (vocab + 1), generator=g, device=device) for g in generators])
     u = u.view(len(generators), n, vocab + 1)  # (B, N, vocab+1): last column for confidence
+    if not sampling:
+        return None, gumbel(u[..., vocab])
     g = gumbel(u)
     return g[..., :vocab], g[..., vocab]
 
@@ -102,7 +112,8 @@ def iterative_decode(transformer, tokens: torch.Tensor, total_iter: int, gamma,
     with autocast(), packed_weights(transformer, tokens.numel()):
         for step in range(steps):
             logits = transformer(tokens, tokens == transformer.mask_token_id)
-            s_noise, c_noise = sample_noise(generators, tokens.shape[1], logits.shape[-1], tokens.device)
+            s_noise, c_noise = sample_noise(generators, tokens.shape[1], logits.shape[-1],
+                                            tokens.device, sampling=temperature > 0)
             tokens, sampled = decode_step(logits, tokens, n_unknown_start, step, total_iter, gamma,
                                           choice_temperature, s_noise, c_noise, temperature)
             if record:

@@ -8,7 +8,8 @@ import torch
 
 from inpainting import image_generators
 from models.cells import known_fraction
-from models.decoding import decode_step, gumbel, iterative_decode, token_unknown_from_pixels
+from models.decoding import (decode_step, gumbel, iterative_decode, num_masked_after,
+                             sample_noise, token_unknown_from_pixels)
 from models.schedules import SCHEDULES, gamma_func
 from models.Transformer import BidirectionalTransformer
 from runtime.precision import cpu_native_bf16
@@ -149,6 +150,20 @@ def test_batched_equals_one_by_one():
     assert not torch.equal(other_seed, batched)
 
 
+
+def test_greedy_decoding_keeps_the_streams_without_making_sample_noise():
+    """At temperature 0 the sample noise is not made, but its uniforms are still drawn: the
+    confidence noise, and so the tokens, are those of the full draw."""
+    full = sample_noise(image_generators(range(3), 7, "cpu"), N, K, "cpu")
+    greedy = sample_noise(image_generators(range(3), 7, "cpu"), N, K, "cpu", sampling=False)
+    assert full[0].shape == (3, N, K) and greedy[0] is None
+    assert torch.equal(greedy[1], full[1])
+    torch.manual_seed(0)
+    logits, tokens = torch.randn(3, N, K + 1), batch_with_holes([N, 20, 3])
+    step = lambda noise: decode_step(logits, tokens, (tokens == K).sum(-1), 0, T,  # noqa: E731
+                                     gamma_func("cosine"), 4.5, noise, full[1], temperature=0.0)
+    assert all(torch.equal(a, b) for a, b in zip(step(None), step(full[0])))
+
 @pytest.mark.skipif(not cpu_native_bf16(), reason="no native bf16: packing is a no-op")
 def test_cpu_bf16_decoding_runs_on_packed_weights():
     model = BidirectionalTransformer(N, K, dim=32, n_layers=1, hidden_dim=64, num_heads=4).eval()
@@ -191,6 +206,38 @@ def test_decode_step_is_pure():
     assert torch.equal(logits, copies[0]) and torch.equal(tokens, copies[1])
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
+
+
+def dense_step(logits, tokens, n_unknown_start, step, total_iter, gamma, choice_temperature,
+               sample_noise, confidence_noise, temperature):
+    """decode_step's reference: every position through log-softmax, sampling and confidence,
+    the known ones then overruled."""
+    unknown = tokens == K
+    logp = logits.float().clone().index_fill_(-1, torch.tensor([K]), -math.inf).log_softmax(-1)
+    scores = logp / temperature + sample_noise if temperature > 0 else logp
+    sampled = torch.where(unknown, scores.argmax(-1), tokens)
+    confidence = logp.gather(-1, sampled.unsqueeze(-1)).squeeze(-1)
+    confidence = confidence + choice_temperature * (1 - (step + 1) / total_iter) * confidence_noise
+    confidence = torch.where(unknown, confidence, math.inf)
+    n_mask = num_masked_after(step, total_iter, n_unknown_start, unknown.sum(-1), gamma)
+    remask = confidence.argsort(dim=-1, stable=True).argsort(dim=-1) < n_mask.unsqueeze(-1)
+    return torch.where(remask, K, sampled), sampled
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_decode_step_equals_the_dense_step_and_ignores_the_known_rows(dtype, temperature):
+    """decode_step computes at the masked rows only; its tokens equal the dense reference's
+    bit for bit, and the logits of the known rows are never read (NaN there changes nothing)."""
+    g = torch.Generator().manual_seed(3)
+    tokens = batch_with_holes([N, 40, 9, 0], seed=2)
+    logits = torch.randn(4, N, K + 1, generator=g).to(dtype)
+    noise = gumbel(torch.rand(4, N, K + 1, generator=g)), gumbel(torch.rand(4, N, generator=g))
+    args = (tokens, (tokens == K).sum(-1), 1, T, gamma_func("cosine"), 4.5, *noise, temperature)
+    ours, reference = decode_step(logits, *args), dense_step(logits, *args)
+    assert all(torch.equal(a, b) for a, b in zip(ours, reference))
+    poisoned = logits.masked_fill((tokens != K).unsqueeze(-1), math.nan)
+    assert all(torch.equal(a, b) for a, b in zip(decode_step(poisoned, *args), ours))
 
 @pytest.mark.parametrize("temperature", [1.0, 0.5, 2.0, 0.0])
 def test_gumbel_max_frequencies_match_tempered_softmax(temperature):
