@@ -150,7 +150,6 @@ def test_batched_equals_one_by_one():
     assert not torch.equal(other_seed, batched)
 
 
-
 def test_greedy_decoding_keeps_the_streams_without_making_sample_noise():
     """At temperature 0 the sample noise is not made, but its uniforms are still drawn: the
     confidence noise, and so the tokens, are those of the full draw."""
@@ -163,6 +162,7 @@ def test_greedy_decoding_keeps_the_streams_without_making_sample_noise():
     step = lambda noise: decode_step(logits, tokens, (tokens == K).sum(-1), 0, T,  # noqa: E731
                                      gamma_func("cosine"), 4.5, noise, full[1], temperature=0.0)
     assert all(torch.equal(a, b) for a, b in zip(step(None), step(full[0])))
+
 
 @pytest.mark.skipif(not cpu_native_bf16(), reason="no native bf16: packing is a no-op")
 def test_cpu_bf16_decoding_runs_on_packed_weights():
@@ -207,7 +207,6 @@ def test_decode_step_is_pure():
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
-
 def dense_step(logits, tokens, n_unknown_start, step, total_iter, gamma, choice_temperature,
                sample_noise, confidence_noise, temperature):
     """decode_step's reference: every position through log-softmax, sampling and confidence,
@@ -238,6 +237,7 @@ def test_decode_step_equals_the_dense_step_and_ignores_the_known_rows(dtype, tem
     assert all(torch.equal(a, b) for a, b in zip(ours, reference))
     poisoned = logits.masked_fill((tokens != K).unsqueeze(-1), math.nan)
     assert all(torch.equal(a, b) for a, b in zip(decode_step(poisoned, *args), ours))
+
 
 @pytest.mark.parametrize("temperature", [1.0, 0.5, 2.0, 0.0])
 def test_gumbel_max_frequencies_match_tempered_softmax(temperature):
