@@ -1,14 +1,17 @@
 """Stage-1 training speed: a full step (autoencoder and discriminator) of the cat-face recipe
 against the previous recipe (configs/VQGAN_catface.yml, fp32, as it ran), in the same run.
 
-    python benchmarks/bench_vqgan_train.py            # about 5 minutes on 2 cores
-    python benchmarks/bench_vqgan_train.py --quick    # about 2
+    python benchmarks/bench_vqgan_train.py            # 45 s on a 2-core Zen 4 (bf16)
+    python benchmarks/bench_vqgan_train.py --quick    # 15 s, three rows
 
 Each row gives images/s and the achieved GFLOP/s, counted by forward hooks on every
 convolution and linear layer (a training step costs 3x its forward FLOPs: forward, and
 the gradients of inputs and weights). The step is training_vqgan.train_step itself, with
 the GAN on, so the discriminator's cost is in. The last line reads
 `vqgan train speedup: <x>x` (the recipe at its own precision and layout against the old one).
+Each step is timed 12 times in turns (6 with --quick) and its best counts: the recipe's step
+lasts about 0.2 s, and with 2-4 turns the speedup moved by up to 25% from run to run on a
+2-core Zen 4 VM (3.5x-4.6x); with 12 turns, 3.65x and 3.73x in two runs.
 """
 from __future__ import annotations
 
@@ -100,7 +103,7 @@ def run(device=None, quick: bool = False) -> list[Row]:
             _with(NEW, norm_groups=16), auto, new_batch, device, nhwc)
     for fn in steps.values():  # warm-up: kernel choice and allocator
         fn(), fn()
-    seconds = interleaved(steps, device, repeats=2 if quick else 4)
+    seconds = interleaved(steps, device, repeats=6 if quick else 12)
     base = old_batch / seconds["old recipe (VQGAN_catface, fp32)"]
     rows = []
     for name, fn in steps.items():

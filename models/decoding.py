@@ -46,7 +46,9 @@ def decode_step(logits: torch.Tensor, tokens: torch.Tensor, n_unknown_start: tor
                 temperature: float = 1.0):
     """One decoding step.
 
-    logits (B, N, K+1); tokens (B, N) in [0, K] with K = [MASK];
+    tokens (B, N) in [0, K] with K = [MASK]; logits (M, K+1) at its M masked positions, in
+    row-major order (the transformer's `logits_at(tokens, tokens == K)`): the known tokens
+    keep their ids at infinite confidence, so nothing is read of their logits.
     sample_noise (B, N, K+1) and confidence_noise (B, N) are Gumbel(0, 1) samples; sample_noise
     is not read (may be None) at temperature 0.
     Tokens are sampled from softmax(logits / temperature) (0: the most likely token);
@@ -55,9 +57,8 @@ def decode_step(logits: torch.Tensor, tokens: torch.Tensor, n_unknown_start: tor
              sampled (B, N) in [0, K): every position filled).
     """
     mask_id = logits.shape[-1] - 1
-    unknown = tokens == mask_id  # (B, N)
-    # only the masked rows are read: the others keep their token at infinite confidence
-    rows = logits[unknown].float()  # (M, K+1), a copy in row-major order
+    unknown = tokens == mask_id  # (B, N), M True
+    rows = logits.to(torch.float32, copy=True)  # (M, K+1); the caller's logits stay as they are
     rows[:, mask_id] = -math.inf  # never emit [MASK]
     logp = rows.log_softmax(dim=-1)
     # Gumbel-max: argmax(logp / temperature + g) is a sample of softmax(logits / temperature)
@@ -100,8 +101,9 @@ def iterative_decode(transformer, tokens: torch.Tensor, total_iter: int, gamma,
     (tokens (B, N) in [0, K), history) where history lists, per step, the tokens
     left masked after it (B, N) and the sampled ids (B, N) if `record`.
     `autocast` is a context factory, e.g. for bf16; `temperature` scales the sampling
-    (see `decode_step`). The transformer (an nn.Module) is called as transformer(tokens, only)
-    and computes logits at the still-masked positions only, the only ones decoding reads.
+    (see `decode_step`). The transformer (an nn.Module) is called as
+    transformer.logits_at(tokens, rows) and computes logits (M, K+1) at the still-masked
+    positions only, the only ones decoding reads.
     """
     steps = sweet_spot if 1 <= sweet_spot < total_iter else total_iter
     n_unknown_start = (tokens == transformer.mask_token_id).sum(-1)
@@ -111,7 +113,7 @@ def iterative_decode(transformer, tokens: torch.Tensor, total_iter: int, gamma,
     # are made once; decode_step has no autocast op (log_softmax runs in fp32 either way)
     with autocast(), packed_weights(transformer, tokens.numel()):
         for step in range(steps):
-            logits = transformer(tokens, tokens == transformer.mask_token_id)
+            logits = transformer.logits_at(tokens, tokens == transformer.mask_token_id)  # (M, K+1)
             s_noise, c_noise = sample_noise(generators, tokens.shape[1], logits.shape[-1],
                                             tokens.device, sampling=temperature > 0)
             tokens, sampled = decode_step(logits, tokens, n_unknown_start, step, total_iter, gamma,

@@ -11,7 +11,7 @@ from data import write_synthetic_folder
 from data.sources import image_tensor
 from models.VQGAN import VQGAN, CompactVQGAN, FactorizedCodebook, build_vqgan
 from models.VQGAN.codebook import Codebook
-from models.VQGAN.factorized_codebook import LOOKUP_ROWS
+from models.VQGAN.factorized_codebook import ARGMAX_GROUP, LOOKUP_ROWS, first_argmax
 from utils import UserError, load_config
 
 from conftest import REPO
@@ -66,6 +66,20 @@ def test_lookup_in_blocks_of_rows_is_the_argmax_over_every_code():
     z = torch.randn(3 * LOOKUP_ROWS + 17, 8)  # several blocks and a short last one
     brute = (F.normalize(z, dim=1) @ F.normalize(cb.embedding.weight, dim=1).t()).argmax(dim=1)
     assert torch.equal(cb.lookup(z), brute)
+
+
+@pytest.mark.parametrize("k", [64 * ARGMAX_GROUP, 4 * ARGMAX_GROUP, ARGMAX_GROUP + 3])
+def test_first_argmax_is_argmax_with_ties_across_groups_and_nan(k):
+    g = torch.Generator().manual_seed(0)
+    s = torch.randint(0, 4, (300, k), generator=g).float()  # each row's maximum in many groups
+    s[7] = 3.0  # every column a maximum: 0
+    s[11, k - 1] = 5.0  # in the last column
+    s[13, [5, k // 2]] = float("nan")  # a NaN wins, the first one
+    s[17, :] = -float("inf")
+    expected = s.argmax(dim=1)
+    assert expected[[7, 11, 13, 17]].tolist() == [0, k - 1, 5, 0]
+    assert torch.equal(first_argmax(s), expected)
+    assert torch.equal(first_argmax(s[1:]), expected[1:])  # a block shorter than the buffer
 
 
 @pytest.mark.parametrize("make", [lambda: FactorizedCodebook(4096, 8), lambda: Codebook(1024, 64, 0.25)],

@@ -99,10 +99,9 @@ def test_logits_at_chosen_positions_only():
     only = torch.rand(3, N) < 0.3
     only[2] = False  # an image with nothing to predict
     with torch.no_grad():
-        full, part = model(tokens), model(tokens, only)
-    assert part.shape == full.shape
-    torch.testing.assert_close(part[only], full[only], atol=1e-6, rtol=1e-6)
-    assert (part[~only] == 0).all()
+        full, part = model(tokens), model.logits_at(tokens, only)
+    assert part.shape == (only.sum(), K + 1)
+    torch.testing.assert_close(part, full[only], atol=1e-6, rtol=1e-6)
 
 
 needs_native_bf16 = pytest.mark.skipif(not cpu_native_bf16(), reason="no native bf16: packing is a no-op")
@@ -119,10 +118,10 @@ def test_packed_weights_give_the_autocast_logits():
     tokens = torch.randint(0, K + 1, (3, N))
     only = torch.rand(3, N) < 0.5
     with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
-        plain, plain_only = model(tokens), model(tokens, only)
+        plain, plain_only = model(tokens), model.logits_at(tokens, only)
         with packed_weights(model, rows=tokens.numel()):
             assert packed_count(model) == 2 * 4 + 1  # per block qkv, proj and 2 MLP; the head
-            packed, packed_only = model(tokens), model(tokens, only)
+            packed, packed_only = model(tokens), model.logits_at(tokens, only)
     assert packed_count(model) == 0  # unpacked on exit
     assert packed.dtype == plain.dtype
     assert torch.equal(packed, plain) and torch.equal(packed_only, plain_only)
@@ -151,10 +150,10 @@ def test_packed_fp32_weights_give_the_fp32_logits(monkeypatch):
     model = BidirectionalTransformer(N, K, DIM, n_layers=2, hidden_dim=64, num_heads=HEADS).eval()
     tokens, only = torch.randint(0, K + 1, (3, N)), torch.rand(3, N) < 0.5
     with torch.inference_mode():
-        plain = model(tokens, only)
+        plain = model.logits_at(tokens, only)
         with packed_weights(model, rows=tokens.numel()):
             assert packed_count(model) == 2 * 4 + 1
-            fp32 = model(tokens, only)
+            fp32 = model.logits_at(tokens, only)
         with packed.unpacked(), packed_weights(model, rows=tokens.numel()):
             assert packed_count(model) == 0  # the plain path, on request
     assert fp32.dtype == torch.float32

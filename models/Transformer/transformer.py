@@ -56,18 +56,10 @@ class BidirectionalTransformer(nn.Module):
         if isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
 
-    def forward(self, tokens: torch.Tensor, only: torch.Tensor | None = None) -> torch.Tensor:
-        """tokens (B, N) in [0, K] (K = [MASK]) -> logits (B, N, K + 1).
-
-        With `only` (B, N) bool, logits are computed at those positions alone and are 0
-        elsewhere (decoding reads the masked positions only); see `logits_at`.
-        """
-        if only is None:
-            return self.logits_at(tokens)
-        logits = self.logits_at(tokens, only)
-        full = logits.new_zeros(*tokens.shape, logits.shape[-1])  # (B, N, K+1)
-        full[only] = logits
-        return full
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B, N) in [0, K] (K = [MASK]) -> logits (B, N, K + 1); `logits_at` computes
+        them at chosen positions only (training's loss and decoding read the masked ones)."""
+        return self.logits_at(tokens)
 
     def logits_at(self, tokens: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """tokens (B, N) -> logits (M, K + 1) at `rows` (B, N) bool, in row-major order, or

@@ -14,6 +14,21 @@ import torch.nn.functional as F
 from runtime.distributed import is_distributed
 
 LOOKUP_ROWS = 256
+ARGMAX_GROUP = 64
+
+
+def first_argmax(s: torch.Tensor, group: int = ARGMAX_GROUP) -> torch.Tensor:
+    """(M, K) -> (M,): the index of each row's first maximum, argmax's, several times faster
+    than max(dim=1) on a CPU, whose scan for an index is not vectorised while amax's is: the
+    row maxima of groups of `group` columns find the first group that holds the row's maximum,
+    and only that group is scanned for the index. A NaN wins, as in argmax."""
+    m, k = s.shape
+    if k % group:
+        return s.max(dim=1).indices  # the first maximum too, at twice argmax's speed on a CPU
+    groups = s.view(m, k // group, group)
+    first = groups.amax(dim=2).max(dim=1).indices  # (M,)
+    inside = groups[torch.arange(m, device=s.device), first].max(dim=1).indices  # (M,)
+    return first * group + inside
 
 
 class FactorizedCodebook(nn.Module):
@@ -51,11 +66,10 @@ class FactorizedCodebook(nn.Module):
         z_flat = F.normalize(z_flat.float(), dim=1)
         codes_t = self.codes().float().t()  # (d, K)
         # the (M, K) cosine matrix is 64 MB at batch 16 and 4096 codes: one block of rows at a
-        # time in one reused buffer (no fresh pages per block), scanned by max(), whose index is
-        # argmax's (the first maximum) at twice argmax's speed on a CPU
+        # time in one reused buffer (no fresh pages per block)
         sims = z_flat.new_empty(min(len(z_flat), LOOKUP_ROWS), codes_t.shape[1])
         with torch.autocast(z_flat.device.type, enabled=False):
-            return torch.cat([torch.mm(block, codes_t, out=sims[:len(block)]).max(dim=1).indices
+            return torch.cat([first_argmax(torch.mm(block, codes_t, out=sims[:len(block)]))
                               for block in z_flat.split(LOOKUP_ROWS)])
 
     def forward(self, z: torch.Tensor):
