@@ -7,7 +7,9 @@ masked count at the start, t = 1..T). Known tokens have infinite confidence and
 never change.
 """
 import contextlib
+import functools
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -81,13 +83,21 @@ def sample_noise(generators: list[torch.Generator], n: int, vocab: int, device,
     generators, so batching never changes results. Without `sampling` (temperature 0, which
     reads no sample noise) the sample noise is None: its uniforms are still drawn, so each
     image's stream and tokens stay those of every temperature, but are not turned into
-    Gumbel noise (4097 values per token at the cat-face recipe's 4096 codes)."""
-    u = torch.stack([torch.rand(n * (vocab + 1), generator=g, device=device) for g in generators])
+    Gumbel noise (4097 values per token at the cat-face recipe's 4096 codes).
+    A generator's draw is serial, so the images' draws run on threads (torch releases the GIL):
+    71 ms against 33 ms for 16 images at that size on 2 cores, each stream as drawn alone."""
+    draw = lambda g: torch.rand(n * (vocab + 1), generator=g, device=device)  # noqa: E731
+    u = torch.stack(list(_draw_threads().map(draw, generators)))
     u = u.view(len(generators), n, vocab + 1)  # (B, N, vocab+1): last column for confidence
     if not sampling:
         return None, gumbel(u[..., vocab])
     g = gumbel(u)
     return g[..., :vocab], g[..., vocab]
+
+
+@functools.cache
+def _draw_threads() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=torch.get_num_threads(), thread_name_prefix="noise")
 
 
 @torch.inference_mode()

@@ -150,6 +150,14 @@ def test_batched_equals_one_by_one():
     assert not torch.equal(other_seed, batched)
 
 
+def test_sample_noise_draws_each_images_stream_as_alone():
+    """The images' draws run on threads; each is its generator's own stream, in order."""
+    noise, conf = sample_noise(image_generators(range(5), 3, "cpu"), N, K, "cpu")
+    alone = torch.stack([torch.rand(N * (K + 1), generator=g)
+                         for g in image_generators(range(5), 3, "cpu")]).view(5, N, K + 1)
+    assert torch.equal(noise, gumbel(alone)[..., :K]) and torch.equal(conf, gumbel(alone)[..., K])
+
+
 def test_greedy_decoding_keeps_the_streams_without_making_sample_noise():
     """At temperature 0 the sample noise is not made, but its uniforms are still drawn: the
     confidence noise, and so the tokens, are those of the full draw."""
