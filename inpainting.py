@@ -163,11 +163,12 @@ def load_maskgit(ckpt_path, config_path=None, device="cpu", precision: str = "fp
 
 def inference_kernels(model: MaskGit, device, precision: str) -> MaskGit:
     """Switch `model` to the kernels the policy (runtime/precision.py) picks for inference
-    in `precision` on `device`: the fused attention where it is the faster one (it then
-    replaces the config's choice), and channels_last VQGAN convolutions where those are.
-    Both compute the same function: the tokens do not change."""
-    if fused_attention(device, precision, training=False):
-        set_fused(model.transformer, True)
+    in `precision` on `device`: the attention kernel measured faster (it replaces the
+    config's choice; CUDA in fp32, where neither was measured, keeps it), and channels_last
+    VQGAN convolutions where those are. Both compute the same function."""
+    fused = fused_attention(device, precision, training=False)
+    if fused or torch.device(device).type == "cpu":
+        set_fused(model.transformer, fused)
     if channels_last(device, precision):
         model.vqgan.to(memory_format=torch.channels_last)
     return model

@@ -154,14 +154,19 @@ def fused_attention(device, precision: str, training: bool, attn_drop: float = 0
     under AVX2 emulation. In bf16 the flash kernel's backward is the slower one (the
     hand-written layer 1.15-1.20x), and dropout sends F.scaled_dot_product_attention to its
     unfused math path (the hand-written layer 1.05x in fp32, 1.4-1.7x in bf16;
-    benchmarks/EXPERIMENTS.md). Both compute the same function; the lab-style baseline
-    keeps the hand-written one.
+    benchmarks/EXPERIMENTS.md). For bf16 inference on an AVX512-BF16 CPU without AMX, the
+    hand-written path, which computes the scores of 16 heads at a time (N = 256), ran the
+    transformer forward 1.11-1.15x the flash kernel's at the lab's and the cat-face
+    recipe's shapes (batch 16); in fp32 under AVX2 emulation it did not (0.92-1.0x). Both
+    compute the same function; the lab-style baseline keeps the hand-written one.
     """
     if torch.device(device).type == "cuda":
         return precision != "fp32"
     if training:
         return precision == "fp32" and attn_drop == 0
-    return precision in ("bf16", "fp32")
+    if precision == "bf16":
+        return not _x86() or bool(_cpu_has("amx_tile"))  # flash's bf16 kernels use AMX tiles
+    return precision == "fp32"
 
 
 def packed_linears(device, precision: str) -> bool:

@@ -118,9 +118,12 @@ def test_cpu_kind_names_the_vector_extension(machine):
         assert precision.cpu_kind() == kind
 
 
-def test_kernels_follow_the_precision():
+def test_kernels_follow_the_precision(machine):
     cuda = torch.device("cuda")
-    assert fused_attention(CPU, "bf16", training=False)
+    machine("sapphire rapids (AMX)")
+    assert fused_attention(CPU, "bf16", training=False)  # flash's kernels use the AMX tiles
+    machine("zen 4 (AVX512-BF16)")
+    assert not fused_attention(CPU, "bf16", training=False)  # 16 heads' scores at a time: 1.15x
     assert not fused_attention(CPU, "bf16", training=True)  # the flash backward is slower in bf16
     assert fused_attention(CPU, "fp32", training=False)  # 1.18x on AVX2, the same tokens
     assert fused_attention(CPU, "fp32", training=True)  # without dropout: 1.1-1.7x a layer
