@@ -120,6 +120,8 @@ def train_step(vq, disc, last_layer, opt_ae, opt_d, scaler, x, gan_weight: float
     Returns (the batch's code indices (B, r*r), a log dict of the losses)."""
     matching = gan_weight > 0 and fm_weight > 0
     fm_loss = logits_fake = None
+    if gan_weight > 0:  # the generator's loss needs D's input gradients, not its weights'
+        disc.requires_grad_(False)
     with autocast(device, precision):
         x_rec, indices, q_loss = vq(x) if known is None else vq(x, known, token_noise)
         if matching:
@@ -137,6 +139,7 @@ def train_step(vq, disc, last_layer, opt_ae, opt_d, scaler, x, gan_weight: float
     scaler.scale(loss).backward()
     scaler.step(opt_ae)
     if gan_weight > 0:
+        disc.requires_grad_(True)
         with autocast(device, precision):
             d_loss = hinge_d_loss(disc(x.detach()), disc(x_rec.detach()))
         opt_d.zero_grad(set_to_none=True)

@@ -54,9 +54,14 @@ def test_train_step_adds_feature_matching_only_while_the_gan_is_on(gan_weight, e
     opt_d = torch.optim.Adam(disc.parameters(), lr=1e-3)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     x = torch.rand(4, 3, 64, 64) * 2 - 1
+    trainable = []  # D's weights as the generator's loss is checked, just before its backward
     _, log = training_vqgan.train_step(vq, disc, vq.last_layer, opt_ae, opt_d, scaler, x, gan_weight,
-                                       1.0, torch.device("cpu"), "fp32", fm_weight=1.0)
+                                       1.0, torch.device("cpu"), "fp32", fm_weight=1.0,
+                                       check=lambda loss: trainable.append(
+                                           any(p.requires_grad for p in disc.parameters())))
     assert ("fm" in log) == expect_fm
+    # frozen for the generator's backward while the GAN is on, trainable again for D's step
+    assert trainable == [not expect_fm] and all(p.requires_grad for p in disc.parameters())
     if expect_fm:
         assert log["fm"] > 0 and "d" in log
 
