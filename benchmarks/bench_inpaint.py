@@ -148,10 +148,9 @@ def run(device=None, config: str = "lab", quick: bool = False, batch: int | None
                         unit="GFLOP/s", precision="bf16", note="autocast; weights packed on CPU"))
     base, base_cpu = lab_images / t["baseline"], cpu["baseline"] / lab_images
     exact_name = "ours" if "fp32" not in t else "fp32"
-    kernels = ", ".join([k for k, on in (
-        ("fused attention" if ours_fused else "chunked hand-written attention", True),
-        ("packed weights", packed_linears(device, precision)),
-        ("channels_last VQGAN", channels_last(device, precision))) if on])
+    kernels = ", ".join(["fused attention" if ours_fused else "chunked hand-written attention"]
+                        + [k for k, on in (("packed weights", packed_linears(device, precision)),
+                                           ("channels_last VQGAN", channels_last(device, precision))) if on])
     rows.append(Row(f"inpaint from tokens, fp32, batch {batch} ({steps})", batch / t[exact_name], base,
                     "images/s", precision="fp32",
                     note=f"tokens == batch-1 tokens: {same}; {cpu_ratio(cpu[exact_name] / batch, base_cpu)}"
