@@ -43,6 +43,7 @@ VARIANTS = {
     "L2 weight 5": ["training.l2_weight=5.0"],
     "Adam betas (0.9, 0.99), peak learning rate 3e-3": ["training.betas=[0.9,0.99]",
                                                        "training.learning_rate=3.0e-3"],
+    "Euclidean code lookup (no l2-normalisation)": ["l2_normalize=false"],
 }
 
 

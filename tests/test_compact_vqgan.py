@@ -11,7 +11,7 @@ from data import write_synthetic_folder
 from data.sources import image_tensor
 from models.VQGAN import VQGAN, CompactVQGAN, FactorizedCodebook, build_vqgan
 from models.VQGAN.codebook import Codebook
-from models.VQGAN.factorized_codebook import ARGMAX_GROUP, LOOKUP_ROWS, first_argmax
+from models.VQGAN.factorized_codebook import ARGMAX_GROUP, LOOKUP_ROWS, assignment_sums, first_argmax
 from utils import UserError, load_config
 
 from conftest import REPO
@@ -58,6 +58,33 @@ def test_lookup_is_by_cosine_not_by_length():
     # nearest in plain l2 would be code 1 (much shorter); by angle it is code 0
     assert cb.lookup(torch.tensor([[0.9, 0.1]])).item() == 0
     assert torch.allclose(cb.codes().norm(dim=1), torch.ones(2))
+
+
+def test_without_l2_normalisation_the_lookup_is_the_euclidean_nearest_code():
+    torch.manual_seed(0)
+    cb = FactorizedCodebook(300, 8, l2_normalize=False)
+    cb.embedding.weight.data *= torch.rand(300, 1) * 3  # codes of many lengths
+    z = torch.randn(LOOKUP_ROWS + 29, 8) * 2  # two blocks, the second short
+    assert torch.equal(cb.lookup(z), torch.cdist(z, cb.embedding.weight).argmin(dim=1))
+    # the same pair as the cosine test above: now the shorter, nearer code wins
+    cb = FactorizedCodebook(2, 2, l2_normalize=False)
+    cb.embedding.weight.data = torch.tensor([[10.0, 0.0], [0.6, 0.8]])
+    assert cb.lookup(torch.tensor([[0.9, 0.1]])).item() == 1
+    # quantise then embed returns the stored code vectors themselves, not unit ones
+    z_q, idx, _ = cb(torch.tensor([[9.0, 0.7], [0.1, 1.0]]).t().reshape(1, 2, 1, 2))
+    assert idx.tolist() == [[0, 1]]
+    assert torch.equal(cb.embed(idx, 1, 2), z_q) and torch.equal(cb.codes(), cb.embedding.weight)
+    assert torch.allclose(z_q[0, :, 0, 0], torch.tensor([10.0, 0.0]))
+
+
+def test_the_lookup_normalisation_is_a_config_switch_that_defaults_to_on():
+    assert build_vqgan(tiny_compact_cfg()).codebook.l2_normalize
+    cfg = tiny_compact_cfg()
+    del cfg["l2_normalize"]  # checkpoints of configs from before the switch
+    assert build_vqgan(cfg).codebook.l2_normalize
+    assert not build_vqgan(tiny_compact_cfg(l2_normalize=False)).codebook.l2_normalize
+    with pytest.raises(UserError, match="l2_normalize = 'no' must be true or false"):
+        build_vqgan(tiny_compact_cfg(l2_normalize="no"))
 
 
 def test_lookup_in_blocks_of_rows_is_the_argmax_over_every_code():
@@ -225,6 +252,24 @@ def test_a_tiny_run_of_the_recipe_lowers_its_loss(tmp_path):
     assert lines[-1]["step"] == 40
     assert lines[-1]["val_l1"] < 0.7 * untrained
     assert lines[-1]["val_usage"] > 0.5
+
+
+def test_assignment_sums_count_and_sum_each_codes_rows_the_same_on_every_run():
+    torch.manual_seed(0)
+    idx = torch.randint(0, 40, (5000,))  # 5000 rows on 40 of 64 codes: many collisions
+    z = torch.randn(5000, 8)
+    onehot = F.one_hot(idx, 64).float()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        runs = [assignment_sums(idx, z, 64) for _ in range(4)]
+    finally:
+        torch.set_num_threads(threads)
+    count, total = runs[0]
+    assert count.dtype == torch.float32 and torch.equal(count, onehot.sum(0))
+    assert torch.equal(count[40:], torch.zeros(24)) and torch.equal(total[40:], torch.zeros(24, 8))
+    assert torch.allclose(total, onehot.t() @ z, atol=1e-4)
+    assert all(torch.equal(c, count) and torch.equal(t, total) for c, t in runs[1:])
 
 
 def test_ema_updates_run_under_bf16_autocast():

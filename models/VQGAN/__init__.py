@@ -24,7 +24,7 @@ def build_vqgan(cfg: dict, where: str = "VQGAN config"):
     if arch not in ARCHITECTURES:
         raise UserError(f"{where}: unknown architecture '{arch}'; choose one of "
                         f"{', '.join(ARCHITECTURES)}")
-    for key in ("conditional", *BRANCH_OPTIONS):
+    for key in ("conditional", "l2_normalize", *BRANCH_OPTIONS):
         if not isinstance(cfg.get(key, False), bool):
             raise UserError(f"{where}: {key} = {cfg[key]!r} must be true or false")
     return ARCHITECTURES[arch].from_config(cfg, where)

@@ -30,7 +30,7 @@ from .tokenizer import Tokenizer
 ARCH_KEYS = ["image_channels", "img_resolution", "latent_resolution", "num_codebook_vectors",
              "code_dim", "channels", "enc_res_blocks", "dec_res_blocks", "beta", "ema_decay",
              "norm_groups"]
-OPTIONAL_KEYS = {"conditional": False, **BRANCH_OPTIONS}
+OPTIONAL_KEYS = {"l2_normalize": True, "conditional": False, **BRANCH_OPTIONS}
 
 
 class ResBlock(nn.Module):
@@ -110,8 +110,8 @@ class CompactVQGAN(Tokenizer):
     def __init__(self, image_channels: int, img_resolution: int, latent_resolution: int,
                  num_codebook_vectors: int, code_dim: int, channels: list[int],
                  enc_res_blocks: list[int], dec_res_blocks: list[int], beta: float = 0.25,
-                 ema_decay: float = 0.0, norm_groups: int = 0, conditional: bool = False,
-                 fuse_pixels: bool = False, hole_guide: bool = False,
+                 ema_decay: float = 0.0, norm_groups: int = 0, l2_normalize: bool = True,
+                 conditional: bool = False, fuse_pixels: bool = False, hole_guide: bool = False,
                  hole_residual: bool = False):
         super().__init__()
         halvings = math.log2(img_resolution / latent_resolution)
@@ -124,7 +124,8 @@ class CompactVQGAN(Tokenizer):
         self.num_codebook_vectors = num_codebook_vectors
         self.encoder = CompactEncoder(image_channels, channels, enc_res_blocks, code_dim, norm_groups)
         self.decoder = CompactDecoder(image_channels, channels, dec_res_blocks, code_dim, norm_groups)
-        self.codebook = FactorizedCodebook(num_codebook_vectors, code_dim, beta, ema_decay)
+        self.codebook = FactorizedCodebook(num_codebook_vectors, code_dim, beta, ema_decay,
+                                           l2_normalize=l2_normalize)
         self.cond = MaskBranch(image_channels, self.decoder.fusion_levels, fuse_pixels,
                                 hole_guide, hole_residual) if conditional else None
 
