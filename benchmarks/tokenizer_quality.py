@@ -7,7 +7,8 @@ first N images of a folder (the 747 val images of the quality table by default).
 
 rFID compares each checkpoint's reconstructions with their originals (statistics of the
 originals computed once); lower is better. Prints one markdown row per checkpoint, sorted
-by training step, so a list of checkpoints along a run gives the curve against steps.
+by training step, so a list of checkpoints along a run gives the curve against steps; with
+two or more steps it also draws it, rFID and PSNR against steps, in <out>/curve.png.
 
 With --masked-dir (a masked set: gt/, masked_image/, mask64/, e.g. the suite's masked val
 set from `python -m data.masks --src .../val --out masked --kind lab --seed 0 --limit 747`),
@@ -26,7 +27,11 @@ import shutil
 import sys
 from pathlib import Path
 
+import matplotlib
 from PIL import Image
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -80,7 +85,29 @@ def run(ckpts: list[Path], images_dir: Path, n: int, out: Path, device,
                           f"{100 * row['usage']:.1f}%", f"{row['perplexity']:.0f}",
                           *(f"{row[k]:.2f}" if row[k] is not None else "-"
                             for k in ("rfid_poisson", "rfid_conditional")), ""]).strip(), flush=True)
+    if sum(r["step"] is not None for r in rows) >= 2:
+        print(f"curve: {plot_curve(rows, out / 'curve.png')}")
     return rows
+
+
+def plot_curve(rows: list[dict], path: Path) -> Path:
+    """rFID (left axis) and PSNR (right axis) against the training step, of the rows that
+    have a step."""
+    rows = [r for r in rows if r["step"] is not None]
+    steps = [r["step"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(steps, [r["rfid"] for r in rows], marker="o", color="C0")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("rFID (lower is better)", color="C0")
+    ax.grid(alpha=0.3)
+    right = ax.twinx()
+    right.plot(steps, [r["psnr"] for r in rows], marker="s", color="C1")
+    right.set_ylabel("PSNR, dB (higher is better)", color="C1")
+    ax.set_title("Stage 1 against its steps")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def main(argv=None):

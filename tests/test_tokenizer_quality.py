@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from PIL import Image
 
 from benchmarks import tokenizer_quality
 from data import make_masked_set, make_synthetic_images
@@ -46,6 +47,14 @@ def test_rows_are_sorted_by_step_and_score_each_floor(ckpts):
     assert math.isfinite(plain["rfid_poisson"]) and plain["rfid_poisson"] < plain["rfid"]
     assert 0 < plain["usage"] <= 1 and math.isfinite(plain["psnr"])
     assert not any((root / "out").glob("rec*")), "the reconstruction folders are removed"
+    with Image.open(root / "out" / "curve.png") as im:  # two steps: the curve against them
+        assert im.size == (720, 480)
+
+
+def test_one_checkpoint_draws_no_curve(ckpts, tmp_path):
+    root, masked = ckpts
+    rows = tokenizer_quality.run([root / "plain.pt"], None, 6, tmp_path, "cpu", masked)
+    assert [r["step"] for r in rows] == [7] and not (tmp_path / "curve.png").exists()
 
 
 def test_a_masked_set_with_missing_masks_is_refused(ckpts, tmp_path):
