@@ -35,9 +35,9 @@ def first_argmax(s: torch.Tensor, group: int = ARGMAX_GROUP) -> torch.Tensor:
 def assignment_sums(indices: torch.Tensor, z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """indices (M,) in [0, k), z (M, d) fp32 -> (how many rows each code got (k,), their sum
     (k, d)). On a CPU, index_add_ adds the rows one after another (the same sums on every
-    run) and skips the one-hot (M, k) matrix, 64 MB a step at 4096 codes and batch 16; on a
-    GPU index_add_ adds with atomics in a varying order, so there the one-hot product keeps
-    the sums the same from run to run."""
+    run) and skips the one-hot (M, k) matrix, 192 MB a step (int64, then fp32) at 4096 codes
+    and batch 16; on a GPU index_add_ adds with atomics in a varying order, so there the
+    one-hot product keeps the sums the same from run to run."""
     if z.is_cpu:
         total = z.new_zeros(k, z.shape[1]).index_add_(0, indices, z)
         return torch.bincount(indices, minlength=k).to(z.dtype), total
