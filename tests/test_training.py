@@ -9,6 +9,7 @@ import torch
 from conftest import MASKGIT_TINY, VQ_TINY, maskgit_tiny_cfg
 from models.VQGAN_Transformer import MaskGit
 from runtime.checkpoints import load_checkpoint
+from runtime.precision import fused_attention
 from utils import UserError
 
 import training_transformer
@@ -165,8 +166,8 @@ def test_hole_masking_bad_values_are_user_errors(tmp_path, flags, message):
 def test_training_takes_the_attention_kernels_of_the_policy(tmp_path, monkeypatch, precision,
                                                             attn_drop, fused):
     """The config asks for the hand-written attention; on CPU the trainer takes the fused
-    kernel where it trains faster (fp32 without attention dropout) and only there, and the
-    fused one for the fp32 validation, where it is faster too."""
+    kernel where it trains faster (fp32 without attention dropout) and only there, and for
+    the validation the kernel the policy picks for inference at the run's precision."""
     from models.Transformer.attention import MultiHeadAttention
     kernels, forward = set(), MultiHeadAttention.forward
     monkeypatch.setattr(MultiHeadAttention, "forward",
@@ -178,5 +179,18 @@ def test_training_takes_the_attention_kernels_of_the_policy(tmp_path, monkeypatc
         "--set", f"model_param.VQ_Configs.VQ_config_path={VQ_TINY}",
         "model_param.Transformer_param.fused_attention=false",
         f"model_param.Transformer_param.attn_drop={attn_drop}"])
-    assert kernels == {(True, fused), (False, True)}
+    assert kernels == {(True, fused), (False, fused_attention("cpu", precision, False))}
     assert (tmp_path / "ck" / "last.pt").exists()
+
+
+def test_validation_runs_at_the_runs_precision(maskgit):
+    """The bf16 validation is autocast (its loss differs from fp32's) and close to the fp32 one;
+    each is repeatable, since the masks come from a fixed seed."""
+    tokens = torch.randint(0, maskgit.transformer.mask_token_id, (1, 12, 256),
+                           generator=torch.Generator().manual_seed(0))
+    tp = {"masking": "maskgit"}
+    fp32 = [training_transformer.validation_loss(maskgit, tokens, tp, "cpu", 8, "fp32", False)
+            for _ in range(2)]
+    bf16 = training_transformer.validation_loss(maskgit, tokens, tp, "cpu", 8, "bf16", False)
+    assert fp32[0] == fp32[1]
+    assert bf16 != fp32[0] and abs(bf16 - fp32[0]) < 0.02 * fp32[0]
