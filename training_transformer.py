@@ -142,13 +142,14 @@ def hole_regions(count: int, resolution: int, grid: int, seed: int) -> torch.Ten
 
 @torch.no_grad()
 def validation_loss(model: MaskGit, tokens: torch.Tensor, tp: dict, device, batch_size: int,
-                    precision: str, fused: bool) -> float:
+                    precision: str) -> float:
     """Mean masked-token loss on fixed masks (seeded), so epochs are comparable; at the run's
-    precision, with the fused attention kernel or not (the same function). In bf16 the 3000
-    cat-face val images took 56-63 s against 98 s in fp32 on a Zen 4, and the loss moved by
-    3e-5 (benchmarks/EXPERIMENTS.md)."""
+    precision, with the attention kernel the policy picks for inference there (each computes
+    the same function; runtime/precision.py). In bf16 the 3000 cat-face val images took
+    56-63 s against 98 s in fp32 on a Zen 4, and the loss moved by 3e-5
+    (benchmarks/EXPERIMENTS.md)."""
     model.eval()
-    set_fused(model.transformer, fused)
+    set_fused(model.transformer, fused_attention(device, precision, False))
     gen = torch.Generator(device).manual_seed(1234)
     total, count = 0.0, 0
     for i in range(0, tokens.shape[1], batch_size):
@@ -174,10 +175,9 @@ def main(argv=None):
     val_tokens = load_tokens(model, args.val_d_path, "val", args, device) \
         if args.val_d_path or not args.train_d_path else train_tokens[:1, :256]
     transformer = model.transformer
-    # the config's attention kernel gives way to the faster one here, for training and for
-    # the validation; both compute the same function (runtime/precision.py)
+    # the config's attention kernel gives way to the faster one for training here (and for the
+    # validation in validation_loss); both compute the same function (runtime/precision.py)
     fused_train = fused_attention(device, precision, True, attention_dropout(transformer))
-    fused_eval = fused_attention(device, precision, False)
     holes = None
     if tp["hole_masking"] > 0:
         if tp["masking"] != "maskgit":
@@ -292,7 +292,7 @@ def main(argv=None):
             epoch, skip = (epoch + 1, 0) if done == skip + len(batches) else (epoch, done)
             pace.validation_starts()
             with ema.swapped_into(transformer) if ema else contextlib.nullcontext():
-                val = validation_loss(model, val_tokens, tp, device, 4 * bs, precision, fused_eval)
+                val = validation_loss(model, val_tokens, tp, device, 4 * bs, precision)
             # ranks agree on `val` exactly, so they take the same checkpoint branch below
             val = all_reduce_mean(torch.tensor(val, device=device)).item()
             metrics = {"val_loss": val, "lr": sched.get_last_lr()[0]}

@@ -189,8 +189,8 @@ def test_validation_runs_at_the_runs_precision(maskgit):
     tokens = torch.randint(0, maskgit.transformer.mask_token_id, (1, 12, 256),
                            generator=torch.Generator().manual_seed(0))
     tp = {"masking": "maskgit"}
-    fp32 = [training_transformer.validation_loss(maskgit, tokens, tp, "cpu", 8, "fp32", False)
+    fp32 = [training_transformer.validation_loss(maskgit, tokens, tp, "cpu", 8, "fp32")
             for _ in range(2)]
-    bf16 = training_transformer.validation_loss(maskgit, tokens, tp, "cpu", 8, "bf16", False)
+    bf16 = training_transformer.validation_loss(maskgit, tokens, tp, "cpu", 8, "bf16")
     assert fp32[0] == fp32[1]
     assert bf16 != fp32[0] and abs(bf16 - fp32[0]) < 0.02 * fp32[0]
