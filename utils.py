@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from runtime.kernel_cache import bound_kernel_cache
+
 
 # ----------------------------------------------------------------------------- errors
 
@@ -24,7 +26,9 @@ class UserError(Exception):
 
 def run_cli(main, argv=None) -> None:
     """Run `main(argv)`; turn a UserError into `error: <message>` and exit code 2,
-    and Ctrl-C into one line and exit code 130 (the shell's convention for SIGINT)."""
+    and Ctrl-C into one line and exit code 130 (the shell's convention for SIGINT).
+    First bounds the CPU kernel caches, which otherwise grow with every new shape."""
+    bound_kernel_cache()
     try:
         main(argv)
     except UserError as e:

@@ -8,4 +8,5 @@
     stopping     signals, time budgets and NaN checks between steps
     pace         the early forecast of how long the rest of a run takes
     run_log      metrics as JSON lines (and wandb when asked)
+    kernel_cache bounds on the CPU kernel caches, set by every script (utils.run_cli)
 """
