@@ -170,8 +170,8 @@ def run(device=None, config: str = "lab", quick: bool = False, batch: int | None
     if int8:
         rows.append(Row(f"inpaint end to end, int8 linears, batch {batch} ({steps})",
                         batch / (t["int8"] + t["ours encode"]), base_e2e, "images/s", precision="int8+fp32",
-                        note=f"approximate, off by default (inpainting.py --int8); FID +0.2% on the "
-                             f"cat-face model (README); {cpu_ratio((cpu['int8'] + cpu['ours encode']) / batch, base_e2e_cpu)}"))
+                        note=f"approximate, off by default (inpainting.py --int8); FID within 1% of fp32's "
+                             f"on the cat-face recipe (README); {cpu_ratio((cpu['int8'] + cpu['ours encode']) / batch, base_e2e_cpu)}"))
     rows += [Row(f"transformer fwd {precision} {kernel}, batch {batch}", rate[kernel], lab, "GFLOP/s",
                  precision=precision,
                  note=f"{100 * rate[kernel] / peak:.0f}% of the {'better ' if precision == 'bf16' else ''}"
